@@ -1,0 +1,48 @@
+"""lz4 frames as the stream stores them: one frame per piece of a data range.
+
+Each piece is at most ``MAX_CHUNK`` bytes uncompressed, because
+virtnbdrestore writes every decoded frame in one NBD request, and QEMU's NBD
+server takes at most 32 MiB per request.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import lz4.frame
+
+from vbbackup.errors import StreamFormatError
+
+MAX_CHUNK: Final = 32 * 1024 * 1024
+DEFAULT_LEVEL: Final = 2
+# An lz4 frame header with a content size is at most 19 bytes.
+FRAME_HEADER_MAX: Final = 19
+
+
+def compress_chunk(raw: bytes | bytearray | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
+    """One lz4 frame with block and content checksums (releases the GIL)."""
+    return lz4.frame.compress(  # type: ignore[no-any-return]
+        raw,
+        compression_level=level,
+        block_checksum=True,
+        content_checksum=True,
+        store_size=True,
+    )
+
+
+def decompress_chunk(frame: bytes, path: str, position: int) -> bytes:
+    """Decode one lz4 frame, checking its checksums."""
+    try:
+        return lz4.frame.decompress(frame)  # type: ignore[no-any-return]
+    except RuntimeError as err:
+        raise StreamFormatError(path, position, f"corrupt lz4 frame: {err}") from None
+
+
+def chunk_raw_size(frame_prefix: bytes, path: str, position: int) -> int | None:
+    """Uncompressed size stored in an lz4 frame header, or None if absent."""
+    try:
+        info = lz4.frame.get_frame_info(frame_prefix)
+    except RuntimeError as err:
+        raise StreamFormatError(path, position, f"bad lz4 frame header: {err}") from None
+    size = int(info.get("content_size") or 0)
+    return size or None

@@ -1,0 +1,162 @@
+"""Reading the payload of data frames, uncompressed or lz4.
+
+Uses positional reads (``os.pread``) so one reader serves many threads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from vbbackup.errors import StreamFormatError
+from vbbackup.format.compression import (
+    FRAME_HEADER_MAX,
+    MAX_CHUNK,
+    chunk_raw_size,
+    decompress_chunk,
+)
+from vbbackup.format.index import KIND_DATA, StreamIndex
+
+# Uncompressed payloads are handed out in pieces of at most this size.
+READ_PIECE = 4 * 1024 * 1024
+
+
+class PayloadReader:
+    """Bytes of data frames of one indexed stream.
+
+    For compressed streams the decoded lz4 frames are kept in a small LRU
+    cache, because nearby reads (a file system walking a directory) hit the
+    same frame again and again.
+    """
+
+    def __init__(self, fileobj: BinaryIO, index: StreamIndex, cache_chunks: int = 8) -> None:
+        self._f = fileobj
+        self.index = index
+        self._fd: int | None
+        try:
+            self._fd = fileobj.fileno()
+        except (OSError, AttributeError, io.UnsupportedOperation):
+            self._fd = None
+        self._lock = threading.Lock()
+        self._layouts: dict[int, tuple[tuple[int, int, int, int], ...]] = {}
+        self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._cache_max = cache_chunks
+
+    def pread(self, size: int, pos: int) -> bytes:
+        if self._fd is not None:
+            data = os.pread(self._fd, size, pos)
+        else:
+            with self._lock:
+                self._f.seek(pos)
+                data = self._f.read(size)
+        if len(data) != size:
+            raise StreamFormatError(
+                self.index.name, pos, f"file ends early: wanted {size} bytes, got {len(data)}"
+            )
+        return data
+
+    def _check_data(self, i: int) -> None:
+        if self.index.kinds[i] != KIND_DATA:
+            raise ValueError(f"frame {i} is not a data frame")
+
+    def chunk_layout(self, i: int) -> tuple[tuple[int, int, int, int], ...]:
+        """(raw offset in frame, raw length, file position, compressed size) per lz4 frame."""
+        self._check_data(i)
+        layout = self._layouts.get(i)
+        if layout is not None:
+            return layout
+        idx = self.index
+        entries = []
+        raw_off = 0
+        file_pos = idx.payload_pos[i]
+        sizes = idx.chunk_sizes.get(i, ())
+        for n, csize in enumerate(sizes):
+            prefix = self.pread(min(csize, FRAME_HEADER_MAX), file_pos)
+            raw = chunk_raw_size(prefix, idx.name, file_pos)
+            if raw is None:  # no content size stored: decode to learn it
+                raw = len(self._decode(i, n, file_pos, csize))
+            entries.append((raw_off, raw, file_pos, csize))
+            raw_off += raw
+            file_pos += csize
+        if raw_off != idx.lengths[i]:
+            raise StreamFormatError(
+                idx.name,
+                idx.positions[i],
+                f"lz4 frames decode to {raw_off} bytes, frame header says {idx.lengths[i]}",
+            )
+        layout = tuple(entries)
+        self._layouts[i] = layout
+        return layout
+
+    def _decode(self, i: int, n: int, file_pos: int, csize: int) -> bytes:
+        key = (i, n)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        data = decompress_chunk(self.pread(csize, file_pos), self.index.name, file_pos)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self._cache_max:
+                self._cache.popitem(last=False)
+        return data
+
+    def read(self, i: int, offset: int, length: int) -> bytes:
+        """``length`` uncompressed bytes of frame i from ``offset`` in the frame."""
+        self._check_data(i)
+        idx = self.index
+        if offset < 0 or length < 0 or offset + length > idx.lengths[i]:
+            raise ValueError(f"range [{offset}, +{length}) outside frame {i}")
+        if length == 0:
+            return b""
+        if not idx.compressed:
+            return self.pread(length, idx.payload_pos[i] + offset)
+        out = bytearray()
+        end = offset + length
+        for n, (raw_off, raw_len, file_pos, csize) in enumerate(self.chunk_layout(i)):
+            if raw_off + raw_len <= offset:
+                continue
+            if raw_off >= end:
+                break
+            data = self._decode(i, n, file_pos, csize)
+            if len(data) != raw_len:
+                raise StreamFormatError(
+                    idx.name, file_pos, f"lz4 frame decodes to {len(data)} bytes, not {raw_len}"
+                )
+            lo = max(offset, raw_off) - raw_off
+            hi = min(end, raw_off + raw_len) - raw_off
+            out += data[lo:hi]
+        return bytes(out)
+
+    def iter_chunks(self, i: int) -> Iterator[bytes]:
+        """The whole frame i, in pieces of bounded size, in order."""
+        self._check_data(i)
+        idx = self.index
+        if not idx.compressed:
+            pos, left = idx.payload_pos[i], idx.lengths[i]
+            while left:
+                n = min(left, READ_PIECE)
+                yield self.pread(n, pos)
+                pos += n
+                left -= n
+            return
+        total = 0
+        file_pos = idx.payload_pos[i]
+        for csize in idx.chunk_sizes.get(i, ()):
+            data = decompress_chunk(self.pread(csize, file_pos), idx.name, file_pos)
+            if len(data) > MAX_CHUNK * 4:
+                raise StreamFormatError(idx.name, file_pos, "lz4 frame decodes to too much data")
+            total += len(data)
+            file_pos += csize
+            yield data
+        if total != idx.lengths[i]:
+            raise StreamFormatError(
+                idx.name,
+                idx.positions[i],
+                f"lz4 frames decode to {total} bytes, frame header says {idx.lengths[i]}",
+            )

@@ -1,0 +1,151 @@
+"""Sequential writer of one stream file.
+
+Layout written (compressed streams add the trailer after ``stop``)::
+
+    meta 0 LEN \\r\\n <json> \\r\\n
+    zero START LEN \\r\\n
+    data START LEN \\r\\n <LEN bytes, or lz4 frames> \\r\\n
+    stop 0 0 \\r\\n
+    [<json trailer> \\r\\n comp 0 LEN(json) \\r\\n]
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import BinaryIO
+
+from vbbackup.format import frames
+from vbbackup.format.compression import MAX_CHUNK, compress_chunk
+from vbbackup.format.meta import StreamMeta
+
+TrailerEntry = int | dict[str, list[int]]
+
+
+class StreamWriter:
+    """Writes frames in order; keeps a running adler32 of all bytes written.
+
+    Data ranges are written in pieces (``write_chunk``) so that no caller
+    ever holds a whole extent in memory.
+    """
+
+    def __init__(self, fileobj: BinaryIO, meta: StreamMeta) -> None:
+        self._f = fileobj
+        self.meta = meta
+        self.checksum = 1
+        self.bytes_written = 0
+        self.data_bytes = 0
+        self._trailer: list[TrailerEntry] = []
+        self._open_start = -1
+        self._open_length = 0
+        self._open_done = 0
+        self._open_chunks: list[int] = []
+        self._finished = False
+        payload = meta.to_json()
+        self._write(frames.encode_header(frames.META, 0, len(payload)))
+        self._write(payload)
+        self._write(frames.TERM)
+
+    @property
+    def compressed(self) -> bool:
+        return self.meta.is_compressed
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._f.write(data)
+        self.checksum = zlib.adler32(data, self.checksum)
+        self.bytes_written += len(data)
+
+    def _check_idle(self) -> None:
+        if self._finished:
+            raise ValueError("stream already finished")
+        if self._open_start >= 0:
+            raise ValueError("a data frame is still open")
+
+    def write_zero(self, start: int, length: int) -> None:
+        """A range that reads as zeroes (no payload)."""
+        self._check_idle()
+        if length <= 0:
+            raise ValueError("zero frame needs a positive length")
+        self._write(frames.encode_header(frames.ZERO, start, length))
+
+    def begin_data(self, start: int, length: int) -> None:
+        """Open a data frame for [start, start+length); fill with chunks."""
+        self._check_idle()
+        if length <= 0:
+            raise ValueError("data frame needs a positive length")
+        self._write(frames.encode_header(frames.DATA, start, length))
+        self._open_start = start
+        self._open_length = length
+        self._open_done = 0
+        self._open_chunks = []
+
+    def write_chunk(self, raw: bytes | bytearray | memoryview) -> None:
+        """Next piece of the open frame; compressed here if the stream is."""
+        if self.compressed:
+            level = int(self.meta.compressed)
+            for pos in range(0, len(raw), MAX_CHUNK):
+                piece = raw[pos : pos + MAX_CHUNK]
+                self.write_compressed_chunk(compress_chunk(piece, level), len(piece))
+        else:
+            self._advance(len(raw))
+            self._write(raw)
+
+    def write_compressed_chunk(self, frame: bytes, raw_length: int) -> None:
+        """Next piece of the open frame, already made by ``compress_chunk``."""
+        if not self.compressed:
+            raise ValueError("stream is not compressed")
+        if raw_length > MAX_CHUNK:
+            raise ValueError(f"compressed piece covers {raw_length} bytes > {MAX_CHUNK}")
+        self._advance(raw_length)
+        self._open_chunks.append(len(frame))
+        self._write(frame)
+
+    def _advance(self, raw_length: int) -> None:
+        if self._open_start < 0:
+            raise ValueError("no data frame is open")
+        if raw_length <= 0:
+            raise ValueError("empty chunk")
+        if self._open_done + raw_length > self._open_length:
+            raise ValueError(
+                f"data frame at {self._open_start} overrun: "
+                f"{self._open_done + raw_length} > {self._open_length}"
+            )
+        self._open_done += raw_length
+
+    def end_data(self) -> None:
+        """Close the open frame; its chunks must cover its whole length."""
+        if self._open_start < 0:
+            raise ValueError("no data frame is open")
+        if self._open_done != self._open_length:
+            raise ValueError(
+                f"data frame at {self._open_start} short: "
+                f"{self._open_done} of {self._open_length} bytes written"
+            )
+        self._write(frames.TERM)
+        if self.compressed:
+            chunks = self._open_chunks
+            if len(chunks) == 1:
+                self._trailer.append(chunks[0])
+            else:
+                self._trailer.append({str(sum(chunks)): list(chunks)})
+        self.data_bytes += self._open_length
+        self._open_start = -1
+
+    def write_data(self, start: int, data: bytes | bytearray | memoryview) -> None:
+        """A whole data frame at once (small ranges, tests)."""
+        self.begin_data(start, len(data))
+        self.write_chunk(data)
+        self.end_data()
+
+    def finish(self) -> None:
+        """Write ``stop`` (and the compression trailer); idempotent."""
+        if self._finished:
+            return
+        self._check_idle()
+        self._write(frames.encode_header(frames.STOP, 0, 0))
+        if self.compressed:
+            trailer = json.dumps(self._trailer).encode("ascii")
+            self._write(trailer)
+            self._write(frames.TERM)
+            self._write(frames.encode_header(frames.COMP, 0, len(trailer)))
+        self._finished = True

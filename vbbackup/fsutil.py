@@ -1,0 +1,96 @@
+"""Durable, atomic output files.
+
+A file is written as ``NAME.partial``, fsync'ed, renamed to ``NAME`` and the
+directory fsync'ed: after a crash there is either a complete file or a
+``.partial`` that every reader ignores, never a half-written file that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from vbbackup.errors import TargetExistsError, VbError
+
+PARTIAL_SUFFIX = ".partial"
+CHECKSUM_SUFFIX = ".chksum"
+_BUFFER = 1024 * 1024
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path | str, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """Yield a buffered binary file that becomes ``path`` only on success."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TargetExistsError(f"{path} already exists; refusing to overwrite it")
+    tmp = partial_path(path)
+    try:
+        f = open(tmp, "wb", buffering=_BUFFER)  # noqa: SIM115 - closed below
+    except OSError as err:
+        raise VbError(f"cannot write {tmp}: {err.strerror}") from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_small_file(path: Path | str, data: bytes, *, overwrite: bool = True) -> None:
+    """Write a small side file (JSON, XML, checksum) atomically."""
+    with atomic_output(path, overwrite=overwrite) as f:
+        f.write(data)
+
+
+def checksum_path(data_path: Path | str) -> Path:
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(data_path: Path | str, value: int) -> None:
+    """``<file>.chksum``: the decimal adler32 of the data file's bytes."""
+    write_small_file(checksum_path(data_path), str(value).encode("ascii"))
+
+
+def read_checksum(data_path: Path | str) -> int | None:
+    """The stored adler32, or None when there is no checksum file."""
+    path = checksum_path(data_path)
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise VbError(f"{path}: not a decimal checksum: {text[:40]!r}") from None
+
+
+def file_adler32(path: Path | str) -> int:
+    """adler32 (zlib, start value 1) of a whole file, read in bounded pieces."""
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(_BUFFER * 4):
+            value = zlib.adler32(chunk, value)
+    return value
