@@ -1,0 +1,363 @@
+"""A backup directory resolved into per-disk chains and points in time.
+
+One directory holds one chain (virtnbdbackup's layout, which vbbackup
+writes too)::
+
+    vm.cpt                         ["virtnbdbackup.0", "virtnbdbackup.1"]
+    vda.full.data                  checkpoint virtnbdbackup.0
+    vda.inc.virtnbdbackup.1.data   parent virtnbdbackup.0
+    vda.diff.1764140000.data       parent virtnbdbackup.1 (not in .cpt)
+    vda.copy.data                  standalone, no checkpoint
+
+A point in time of a disk is the list of files to overlay, oldest first:
+checkpoint K = full + incrementals 1..K; a differential = its parent's
+files + the differential; ``copy`` = the copy alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from vbbackup.errors import ChainError, StreamFormatError
+from vbbackup.format import StreamMeta, frames
+
+FULL: Final = "full"
+INC: Final = "inc"
+DIFF: Final = "diff"
+COPY: Final = "copy"
+
+_DATA_NAME = re.compile(
+    r"^(?P<disk>[^.]+)\.(?:(?P<level>full|copy)|inc\.(?P<cp>.+)|diff\.(?P<ts>\d+))\.data$"
+)
+_MAX_META: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One ``*.data`` stream of a backup set, named by the file-name rule.
+
+    ``ident`` is the checkpoint name of an incremental, the unix time of a
+    differential, and empty for a full or copy backup.
+    """
+
+    path: Path
+    disk: str
+    level: str
+    ident: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class PointInTime:
+    """A state of one disk that can be served: ``files`` overlaid in order."""
+
+    name: str
+    disk: str
+    files: tuple[DataFile, ...]
+    metas: tuple[StreamMeta, ...]
+
+    @property
+    def meta(self) -> StreamMeta:
+        """Meta of the newest file: the disk's size and format at that point."""
+        return self.metas[-1]
+
+    @property
+    def virtual_size(self) -> int:
+        return self.meta.virtual_size
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """What restore needs to recreate a disk, as of its newest point."""
+
+    name: str
+    virtual_size: int
+    disk_format: str
+    compressed: bool
+    points: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Points:
+    """A disk's servable points, and the first missing file that ends them."""
+
+    points: tuple[PointInTime, ...]
+    missing: str
+    unreachable: tuple[str, ...]
+
+
+def read_meta(path: Path) -> StreamMeta:
+    """The meta frame of a stream file, without indexing the frames."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(frames.HEADER_SIZE)
+            kind, _, length = frames.decode_header(header, str(path), 0)
+            if kind != frames.META or length > _MAX_META:
+                raise StreamFormatError(str(path), 0, "stream does not start with a meta frame")
+            payload = f.read(length)
+    except FileNotFoundError:
+        raise ChainError(f"missing file in the chain: {path}") from None
+    if len(payload) != length:
+        raise StreamFormatError(str(path), frames.HEADER_SIZE, "file ends inside the meta JSON")
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+        return StreamMeta.from_dict(obj)
+    except (ValueError, KeyError, TypeError) as err:
+        raise StreamFormatError(str(path), frames.HEADER_SIZE, f"bad meta JSON: {err}") from None
+
+
+def parse_data_name(path: Path) -> DataFile | None:
+    """Classify a file by name; None when it is not a finished data file."""
+    m = _DATA_NAME.match(path.name)
+    if m is None:
+        return None
+    if m["level"]:
+        return DataFile(path, m["disk"], m["level"], "")
+    if m["cp"]:
+        return DataFile(path, m["disk"], INC, m["cp"])
+    return DataFile(path, m["disk"], DIFF, m["ts"])
+
+
+class BackupSet:
+    """The data files and checkpoint list of one backup directory.
+
+    Scanning reads names and the ``.cpt`` file only; metas are read (once)
+    when a disk's points are asked for.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            if self.directory.exists():
+                raise ChainError(f"not a directory: {self.directory}")
+            raise ChainError(f"backup directory does not exist: {self.directory}")
+        self._files: dict[str, list[DataFile]] = {}
+        for entry in sorted(self.directory.iterdir()):
+            data = parse_data_name(entry)
+            if data is not None and entry.is_file():
+                self._files.setdefault(data.disk, []).append(data)
+        if not self._files:
+            raise ChainError(f"no backup data files (*.data) in {self.directory}")
+        self.checkpoints: tuple[str, ...] | None = self._read_cpt()
+        self._metas: dict[Path, StreamMeta] = {}
+        self._points: dict[str, _Points] = {}
+
+    @property
+    def disks(self) -> tuple[str, ...]:
+        return tuple(sorted(self._files))
+
+    def files(self, disk: str) -> tuple[DataFile, ...]:
+        """Every data file of a disk in the directory (verify walks these)."""
+        return tuple(self._files[self.check_disk(disk)])
+
+    def check_disk(self, disk: str | None) -> str:
+        """The disk's name; None is fine when the set holds exactly one disk."""
+        if disk is None:
+            if len(self._files) > 1:
+                raise ChainError(
+                    f"{self.directory} holds several disks ({', '.join(self.disks)}): "
+                    "choose one (disk=)"
+                )
+            return self.disks[0]
+        if disk not in self._files:
+            raise ChainError(
+                f"unknown disk {disk!r} in {self.directory} (disks: {', '.join(self.disks)})"
+            )
+        return disk
+
+    def meta(self, data: DataFile) -> StreamMeta:
+        meta = self._metas.get(data.path)
+        if meta is None:
+            meta = self._metas[data.path] = read_meta(data.path)
+        return meta
+
+    def disk_info(self, disk: str | None = None) -> DiskInfo:
+        name = self.check_disk(disk)
+        points = self.points(name)
+        latest = points[-1].meta
+        return DiskInfo(
+            name=name,
+            virtual_size=latest.virtual_size,
+            disk_format=latest.disk_format,
+            compressed=latest.is_compressed,
+            points=tuple(p.name for p in points),
+        )
+
+    def qemu_info(self, point: PointInTime) -> dict[str, Any] | None:
+        """``qemu-img info`` JSON saved with the point's newest file, if any."""
+        newest = point.files[-1]
+        ident = {FULL: point.meta.checkpoint_name, COPY: COPY}.get(newest.level, newest.ident)
+        path = self.directory / f"{newest.disk}.{ident}.qcow.json"
+        try:
+            info = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as err:
+            raise ChainError(f"{path}: bad JSON: {err}") from None
+        return info if isinstance(info, dict) else None
+
+    def points(self, disk: str | None = None) -> tuple[PointInTime, ...]:
+        """Every servable state of a disk, oldest first (checkpoints and diffs)."""
+        return self._state(self.check_disk(disk)).points
+
+    def _state(self, disk: str) -> _Points:
+        state = self._points.get(disk)
+        if state is None:
+            state = self._points[disk] = self._resolve_points(disk)
+        return state
+
+    def resolve(
+        self,
+        disk: str | None = None,
+        until: str | None = None,
+        files: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> PointInTime:
+        """The point to serve: ``until`` (default: newest), or explicit ``files``."""
+        if files is not None:
+            if until is not None:
+                raise ChainError("give either until= or file=, not both")
+            return self._explicit(files)
+        name = self.check_disk(disk)
+        state = self._state(name)
+        known = ", ".join(p.name for p in state.points)
+        if state.missing and (until is None or until in state.unreachable):
+            raise ChainError(
+                f"missing file in the chain: {state.missing}; "
+                f"earlier points can be served with until= ({known})"
+            )
+        if until is None:
+            return state.points[-1]
+        for point in state.points:
+            if until in (point.name, point.files[-1].name):
+                return point
+        raise ChainError(f"unknown checkpoint {until!r} for disk {name} (chain: {known})")
+
+    def _read_cpt(self) -> tuple[str, ...] | None:
+        cpts = sorted(self.directory.glob("*.cpt"))
+        if not cpts:
+            return None
+        if len(cpts) > 1:
+            names = ", ".join(p.name for p in cpts)
+            raise ChainError(f"{self.directory} holds several checkpoint lists ({names})")
+        try:
+            names = json.loads(cpts[0].read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ChainError(f"{cpts[0]}: bad checkpoint list: {err}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ChainError(f"{cpts[0]}: checkpoint list is not a JSON array of names")
+        return tuple(names)
+
+    def _chain_names(self, disk: str, by_level: dict[str, list[DataFile]]) -> list[str]:
+        """Checkpoint names in chain order: the .cpt list, else the metas' links."""
+        if self.checkpoints is not None:
+            return list(self.checkpoints)
+        fulls = by_level.get(FULL, [])
+        if not fulls:
+            return []
+        names = [self.meta(fulls[0]).checkpoint_name]
+        children = {self.meta(f).parent_checkpoint: f.ident for f in by_level.get(INC, [])}
+        while names[-1] in children and len(names) <= len(children):
+            names.append(children[names[-1]])
+        return names
+
+    def _resolve_points(self, disk: str) -> _Points:
+        by_level: dict[str, list[DataFile]] = {}
+        for data in self._files[disk]:
+            by_level.setdefault(data.level, []).append(data)
+        incs = {f.ident: f for f in by_level.get(INC, [])}
+        fulls = by_level.get(FULL, [])
+        diffs: dict[str, list[DataFile]] = {}
+        for diff in sorted(by_level.get(DIFF, []), key=lambda f: int(f.ident)):
+            diffs.setdefault(self.meta(diff).parent_checkpoint or "", []).append(diff)
+        points = [PointInTime(COPY, disk, (f,), (self.meta(f),)) for f in by_level.get(COPY, [])]
+        chain: list[DataFile] = []
+        names = self._chain_names(disk, by_level)
+        missing = ""
+        for k, cp in enumerate(names):
+            found = (fulls[0] if fulls else None) if k == 0 else incs.get(cp)
+            if found is None:
+                level = FULL if k == 0 else f"inc.{cp}"
+                missing = f"{self.directory / f'{disk}.{level}.data'} (checkpoint {cp})"
+                break
+            data = found
+            meta = self.meta(data)
+            self._check_link(data, meta, cp, self.meta(chain[-1]) if chain else None)
+            chain.append(data)
+            base = PointInTime(cp, disk, tuple(chain), tuple(self.meta(f) for f in chain))
+            points.append(base)
+            for diff in diffs.pop(cp, []):
+                points.append(
+                    PointInTime(
+                        f"diff.{diff.ident}",
+                        disk,
+                        base.files + (diff,),
+                        base.metas + (self.meta(diff),),
+                    )
+                )
+        for parent, orphans in diffs.items():
+            if parent in names:  # its parent lies beyond the missing file
+                continue
+            raise ChainError(
+                f"chain does not link: {orphans[0].path} has parent checkpoint {parent!r}, "
+                f"which is not in the chain of {disk} ({', '.join(names) or 'empty'})"
+            )
+        if not points:
+            raise ChainError(
+                f"no full or copy backup of disk {disk} in {self.directory}"
+                + (f" (missing {missing})" if missing else "")
+            )
+        unreachable = tuple(names[len(chain) :])
+        return _Points(tuple(points), missing, unreachable)
+
+    def _check_link(
+        self, data: DataFile, meta: StreamMeta, cp: str, parent: StreamMeta | None
+    ) -> None:
+        if meta.checkpoint_name != cp:
+            raise ChainError(
+                f"chain does not link: {data.path} is checkpoint {meta.checkpoint_name!r}, "
+                f"the chain expects {cp!r}"
+            )
+        want = parent.checkpoint_name if parent else None
+        if meta.parent_checkpoint != want:
+            raise ChainError(
+                f"chain does not link: {data.path} has parent {meta.parent_checkpoint!r}, "
+                f"expected {want!r}"
+            )
+
+    def _explicit(self, names: Sequence[str | os.PathLike[str]]) -> PointInTime:
+        if not names:
+            raise ChainError("file= lists no files")
+        files: list[DataFile] = []
+        metas: list[StreamMeta] = []
+        for name in names:
+            path = self.directory / name
+            if not path.is_file():
+                raise ChainError(f"missing file in the chain: {path}")
+            data = parse_data_name(path) or DataFile(path, "", FULL, "")
+            meta = self.meta(data)
+            bases = [m for f, m in zip(files, metas, strict=True) if f.level != DIFF]
+            last = bases[-1] if bases else None
+            if last is None and meta.parent_checkpoint:
+                raise ChainError(
+                    f"{path} is incremental (parent {meta.parent_checkpoint!r}): "
+                    "the first file must be a full or copy backup"
+                )
+            if last is not None and meta.parent_checkpoint != last.checkpoint_name:
+                raise ChainError(
+                    f"chain does not link: {path} has parent {meta.parent_checkpoint!r}, "
+                    f"expected {last.checkpoint_name!r}"
+                )
+            files.append(data)
+            metas.append(meta)
+        return PointInTime(files[-1].name, files[-1].disk, tuple(files), tuple(metas))

@@ -1,0 +1,145 @@
+"""A point in time of one disk, readable at any offset by many threads.
+
+Opening indexes each file of the chain (headers only) and overlays the
+indexes into one ``ExtentMap``; after that a read is a binary search and
+one ``os.pread`` per extent it spans (or an lz4 decode, cached, for
+compressed streams). Nothing is replayed or copied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import ExitStack
+from types import TracebackType
+from typing import BinaryIO
+
+from vbbackup.chain.backupset import BackupSet, PointInTime
+from vbbackup.chain.cache import DEFAULT_BUDGET, DecodedCache
+from vbbackup.chain.extentmap import ZERO, ExtentMap
+from vbbackup.errors import StreamFormatError
+from vbbackup.format import PayloadReader, StreamIndex, decompress_chunk, read_index
+
+_ZEROS = memoryview(bytes(1024 * 1024))
+
+
+class PointInTimeView:
+    """Bytes and extents of a disk at one point; thread-safe, read-only.
+
+    ``read``/``readinto`` and ``extents`` take disk offsets; reads must lie
+    inside ``[0, size)``. Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, point: PointInTime, cache_budget: int = DEFAULT_BUDGET) -> None:
+        self.point = point
+        self.size = point.virtual_size
+        self._stack = ExitStack()
+        self._fds: list[int] = []
+        self._indexes: list[StreamIndex] = []
+        self._readers: list[PayloadReader] = []
+        self._cache = DecodedCache(cache_budget)
+        with self._stack as stack:
+            self.map = ExtentMap(self.size)
+            for layer, data in enumerate(point.files):
+                f: BinaryIO = stack.enter_context(open(data.path, "rb"))  # noqa: SIM115
+                index = read_index(f, str(data.path))
+                self._fds.append(f.fileno())
+                self._indexes.append(index)
+                self._readers.append(PayloadReader(f, index, cache_chunks=0))
+                self.map.overlay(layer, index.kinds, index.starts, index.lengths)
+            self._stack = stack.pop_all()
+
+    def __enter__(self) -> PointInTimeView:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(str(f.path) for f in self.point.files)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the disk from ``offset``."""
+        buf = bytearray(length)
+        self.readinto(buf, offset)
+        return bytes(buf)
+
+    def readinto(self, buf: bytearray | memoryview, offset: int) -> None:
+        """Fill ``buf`` with the disk's bytes from ``offset`` (nbdkit's pread)."""
+        out = memoryview(buf).cast("B")
+        for off, n, layer, frame in self.map.segments(offset, len(out)):
+            dst = out[off - offset : off - offset + n]
+            if layer == ZERO:
+                _fill_zero(dst)
+                continue
+            index = self._indexes[layer]
+            in_frame = off - index.starts[frame]
+            if index.compressed:
+                self._read_compressed(dst, layer, frame, in_frame)
+            else:
+                self._pread(dst, layer, index.payload_pos[frame] + in_frame)
+
+    def extents(
+        self, offset: int, length: int, limit: int | None = None
+    ) -> list[tuple[int, int, bool]]:
+        """``(offset, length, is_zero)`` runs covering the range (see ExtentMap)."""
+        return self.map.extents(offset, length, limit)
+
+    def _pread(self, dst: memoryview, layer: int, pos: int) -> None:
+        fd = self._fds[layer]
+        done = 0
+        while done < len(dst):
+            got = os.preadv(fd, [dst[done:]], pos + done)
+            if got == 0:
+                raise StreamFormatError(
+                    self._indexes[layer].name, pos + done, "file ends inside a data frame"
+                )
+            done += got
+
+    def _read_compressed(self, dst: memoryview, layer: int, frame: int, offset: int) -> None:
+        reader = self._readers[layer]
+        end = offset + len(dst)
+        for n, (raw_off, raw_len, file_pos, csize) in enumerate(reader.chunk_layout(frame)):
+            if raw_off + raw_len <= offset:
+                continue
+            if raw_off >= end:
+                break
+            key = (layer, frame, n)
+            data = self._cache.get(key)
+            if data is None:
+                data = decompress_chunk(reader.pread(csize, file_pos), reader.index.name, file_pos)
+                if len(data) != raw_len:
+                    raise StreamFormatError(
+                        reader.index.name, file_pos, f"lz4 frame decodes to {len(data)} bytes"
+                    )
+                self._cache.put(key, data)
+            lo = max(offset, raw_off)
+            hi = min(end, raw_off + raw_len)
+            dst[lo - offset : hi - offset] = data[lo - raw_off : hi - raw_off]
+
+
+def _fill_zero(dst: memoryview) -> None:
+    step = len(_ZEROS)
+    for pos in range(0, len(dst), step):
+        piece = dst[pos : pos + step]
+        piece[:] = _ZEROS[: len(piece)]
+
+
+def open_view(
+    directory: str | os.PathLike[str],
+    disk: str | None = None,
+    until: str | None = None,
+    files: Sequence[str | os.PathLike[str]] | None = None,
+) -> PointInTimeView:
+    """Resolve a point in a backup directory and open it (the one entry point)."""
+    point = BackupSet(directory).resolve(disk, until, files)
+    return PointInTimeView(point)
