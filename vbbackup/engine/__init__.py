@@ -1,0 +1,1 @@
+"""Engines: backup, restore, verify and maintenance as functions over typed configs."""
