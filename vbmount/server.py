@@ -1,0 +1,128 @@
+"""nbdkit serving one point in time of a backup set, on a unix socket or a TCP port.
+
+    with NbdkitServer(plugin_args(export), socket=Path("/run/x/vda.sock"),
+                      workdir=Path("/run/x")) as server:
+        server.uri     # nbd+unix:///?socket=/run/x/vda.sock
+
+``NbdkitServer`` takes any nbdkit plugin and arguments (tests serve plain images
+with ``["file", "disk.raw"]``). It runs nbdkit in the foreground of its own
+session with output in a log file, and is ready when nbdkit wrote its pid file
+(nbdkit writes it once it listens). ``detach()`` leaves it running after we
+exit; ``stop_server`` ends it later from another process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from vbbackup.errors import MountError, UsageError
+from vbmount import proc
+
+PLUGIN = Path(__file__).resolve().parent.parent / "nbdkit_plugin" / "vbmount.py"
+
+
+@dataclass(frozen=True)
+class Export:
+    """What to serve: one disk of a backup directory at one point in time."""
+
+    directory: Path
+    disk: str | None = None
+    until: str | None = None
+
+
+def plugin_args(export: Export) -> list[str]:
+    """nbdkit arguments that load our plugin for `export`."""
+    plugin = Path(os.environ.get("VBMOUNT_PLUGIN", PLUGIN))
+    if not plugin.is_file():
+        raise MountError(f"nbdkit plugin not found: {plugin}")
+    args = ["python", str(plugin), f"dir={export.directory.resolve()}"]
+    if export.disk is not None:
+        args.append(f"disk={export.disk}")
+    if export.until is not None:
+        args.append(f"until={export.until}")
+    return args
+
+
+class NbdkitServer:
+    """One nbdkit process; start/stop or a context manager (which always stops it)."""
+
+    def __init__(
+        self,
+        plugin: list[str],
+        *,
+        workdir: Path,
+        socket: Path | None = None,
+        port: int | None = None,
+        writable: bool = False,
+        name: str = "nbdkit",
+    ) -> None:
+        if (socket is None) == (port is None):
+            raise UsageError("serve on either a unix socket or a TCP port")
+        self.plugin = plugin
+        self.socket = socket.resolve() if socket is not None else None
+        self.port = port
+        self.writable = writable
+        self.pidfile = workdir / f"{name}.pid"
+        self.log = workdir / f"{name}.log"
+        self.pid: int | None = None
+        self._detached = False
+
+    @property
+    def uri(self) -> str:
+        if self.socket is not None:
+            return f"nbd+unix:///?socket={self.socket}"
+        return f"nbd://localhost:{self.port}/"
+
+    @property
+    def marker(self) -> str:
+        """A string of nbdkit's command line that identifies this server."""
+        return str(self.socket) if self.socket is not None else f"--port={self.port}"
+
+    def command(self, *, foreground: bool = True) -> list[str]:
+        argv = ["nbdkit", "--pidfile", str(self.pidfile)]
+        if foreground:
+            argv.append("--foreground")
+        if self.socket is not None:
+            argv += ["--unix", str(self.socket)]
+        else:
+            argv.append(f"--port={self.port}")
+        # cow: writes land in a throwaway overlay; the backup files are never opened for writing.
+        argv += ["--filter=cow"] if self.writable else ["--readonly"]
+        return argv + self.plugin
+
+    def start(self) -> NbdkitServer:
+        if self.socket is not None and self.socket.exists():
+            raise MountError(f"socket {self.socket} already exists (another server?)")
+        self.pid = proc.spawn_daemon(self.command(), pidfile=self.pidfile, log=self.log)
+        return self
+
+    def detach(self) -> None:
+        """Leave the server running when this object goes away (stop_server ends it)."""
+        self._detached = True
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            stop_server(self.pid, self.marker, self.socket)
+            self.pid = None
+
+    def __enter__(self) -> NbdkitServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._detached or exc_type is not None:
+            self.stop()
+
+
+def stop_server(pid: int, marker: str, socket: Path | None = None) -> None:
+    """End an nbdkit we started (maybe in an earlier process); harmless if gone."""
+    proc.terminate(pid, marker)
+    if socket is not None:
+        socket.unlink(missing_ok=True)
