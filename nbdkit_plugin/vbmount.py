@@ -1,0 +1,111 @@
+"""nbdkit plugin serving one point in time of a vbbackup/virtnbdbackup set.
+
+    nbdkit python nbdkit_plugin/vbmount.py dir=DIR [disk=vda] [until=CHECKPOINT]
+    nbdkit python nbdkit_plugin/vbmount.py dir=DIR file=vda.full.data,vda.inc.X.data
+
+Read-only (add nbdkit's ``cow`` filter for a writable view); all the work
+is in ``vbbackup.chain``, opened once in ``get_ready`` and shared by every
+connection and thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+import nbdkit
+
+# nbdkit embeds /usr/bin/python3: make the checkout (or venv) importable.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from vbbackup.chain import PointInTimeView, open_view  # noqa: E402
+from vbbackup.errors import VbError  # noqa: E402
+
+API_VERSION = 2
+_KEYS = ("dir", "disk", "until", "file")
+_params: dict[str, str] = {}
+_view: PointInTimeView | None = None
+
+
+class ConfigError(VbError):
+    """Bad plugin parameters."""
+
+
+def _fail(err: VbError) -> VbError:
+    """Make nbdkit print one line (its traceback printer honours tracebacklimit)."""
+    sys.tracebacklimit = 0
+    return err
+
+
+def config(key: str, value: str) -> None:
+    if key not in _KEYS:
+        raise _fail(ConfigError(f"unknown parameter {key!r} (known: {', '.join(_KEYS)})"))
+    _params[key] = value
+
+
+def config_complete() -> None:
+    if "dir" not in _params:
+        raise _fail(ConfigError("missing parameter dir=BACKUP_DIRECTORY"))
+
+
+def thread_model() -> int:
+    return nbdkit.THREAD_MODEL_PARALLEL
+
+
+def get_ready() -> None:
+    global _view
+    files = _params["file"].split(",") if "file" in _params else None
+    try:
+        _view = open_view(_params["dir"], _params.get("disk"), _params.get("until"), files)
+    except VbError as err:
+        raise _fail(err) from None
+
+
+def cleanup() -> None:
+    if _view is not None:
+        _view.close()
+
+
+def open(readonly: bool) -> PointInTimeView:  # noqa: A001 - nbdkit's hook name
+    if _view is None:
+        raise ConfigError("no view: get_ready did not run")
+    return _view
+
+
+def get_size(h: PointInTimeView) -> int:
+    return h.size
+
+
+def can_write(h: PointInTimeView) -> bool:
+    return False
+
+
+def can_multi_conn(h: PointInTimeView) -> bool:
+    return True
+
+
+def can_cache(h: PointInTimeView) -> int:
+    return nbdkit.CACHE_EMULATE
+
+
+def can_extents(h: PointInTimeView) -> bool:
+    return True
+
+
+def pread(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
+    h.readinto(buf, offset)
+
+
+def pwrite(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
+    nbdkit.set_error(errno.EROFS)
+    raise OSError(errno.EROFS, "backup views are read-only; add --filter=cow")
+
+
+def extents(h: PointInTimeView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
+    limit = 1 if flags & nbdkit.FLAG_REQ_ONE else 4096
+    count = min(count, h.size - offset)
+    zero = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
+    return [(off, n, zero if z else 0) for off, n, z in h.extents(offset, count, limit)]
