@@ -13,37 +13,12 @@ exit; ``stop_server`` ends it later from another process.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from vbbackup.engine.copyout import Export, plugin_args  # noqa: F401 - re-exported
 from vbbackup.errors import MountError, UsageError
 from vbmount import proc
-
-PLUGIN = Path(__file__).resolve().parent.parent / "nbdkit_plugin" / "vbmount.py"
-
-
-@dataclass(frozen=True)
-class Export:
-    """What to serve: one disk of a backup directory at one point in time."""
-
-    directory: Path
-    disk: str | None = None
-    until: str | None = None
-
-
-def plugin_args(export: Export) -> list[str]:
-    """nbdkit arguments that load our plugin for `export`."""
-    plugin = Path(os.environ.get("VBMOUNT_PLUGIN", PLUGIN))
-    if not plugin.is_file():
-        raise MountError(f"nbdkit plugin not found: {plugin}")
-    args = ["python", str(plugin), f"dir={export.directory.resolve()}"]
-    if export.disk is not None:
-        args.append(f"disk={export.disk}")
-    if export.until is not None:
-        args.append(f"until={export.until}")
-    return args
 
 
 class NbdkitServer:
@@ -58,6 +33,7 @@ class NbdkitServer:
         port: int | None = None,
         writable: bool = False,
         name: str = "nbdkit",
+        pidfile: Path | None = None,
     ) -> None:
         if (socket is None) == (port is None):
             raise UsageError("serve on either a unix socket or a TCP port")
@@ -65,7 +41,7 @@ class NbdkitServer:
         self.socket = socket.resolve() if socket is not None else None
         self.port = port
         self.writable = writable
-        self.pidfile = workdir / f"{name}.pid"
+        self.pidfile = (pidfile or workdir / f"{name}.pid").resolve()
         self.log = workdir / f"{name}.log"
         self.pid: int | None = None
         self._detached = False

@@ -1,0 +1,224 @@
+"""``vbmount boot``/``unboot``: instant recovery, a VM running straight from its backup.
+
+Per disk: nbdkit with our plugin (read-only) on a unix socket, and a qcow2
+overlay whose backing file is that export; the domain is the saved vmconfig with
+a new name, no UUID, no MAC addresses (libvirt makes new ones), no NVRAM path,
+and each backed-up disk pointing at its overlay. Guest writes land in the
+overlays; the backup set is never written::
+
+    /var/tmp/vbmount-boot-<name>/        0755: QEMU (libvirt-qemu) must reach it
+        vda.sock   nbdkit, owned by the QEMU user, 0600
+        vda.qcow2  overlay, backing nbd+unix:///?socket=.../vda.sock (raw)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+
+from vbbackup.chain import COPY, FULL, BackupSet
+from vbbackup.errors import LibvirtError, MountError
+from vbmount import proc, resources
+from vbmount.server import Export, NbdkitServer, plugin_args
+
+BOOT_ROOT = Path("/var/tmp")
+QEMU_USERS = ("libvirt-qemu", "qemu")
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    directory: Path
+    until: str | None = None
+    name: str | None = None
+    uri: str = "qemu:///system"
+    start: bool = True
+
+
+@dataclass(frozen=True)
+class Booted:
+    name: str
+    started: bool
+    overlays: dict[str, Path] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def connect(uri: str) -> Iterator[libvirt.virConnect]:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"cannot connect to {uri}: {err.get_error_message()}") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def vmconfig_path(backup: BackupSet, until: str | None) -> Path:
+    """The domain XML saved with the point in time (the newest file of the first disk)."""
+    point = backup.resolve(backup.disks[0], until)
+    newest = point.files[-1]
+    ident = {FULL: point.meta.checkpoint_name, COPY: COPY}.get(newest.level, newest.ident)
+    path = backup.directory / f"vmconfig.{ident}.xml"
+    if not path.is_file():
+        raise MountError(f"no saved domain configuration {path.name} in {backup.directory}")
+    return path
+
+
+def restore_xml(xml: str, name: str, overlays: dict[str, Path], sockets: dict[str, Path]) -> str:
+    """The saved domain XML, made safe to run next to the original (see module docstring)."""
+    root = ET.fromstring(xml)
+    _set_text(root, "name", name)
+    for parent_path, tag in ((".", "uuid"), ("os", "nvram"), ("devices/interface", "mac")):
+        for parent in root.findall(parent_path):
+            for child in parent.findall(tag):
+                parent.remove(child)
+    devices = root.find("devices")
+    if devices is None:
+        raise MountError("the saved domain configuration has no <devices>")
+    for disk in devices.findall("disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if disk.get("device", "disk") != "disk":
+            continue
+        if dev not in overlays:
+            devices.remove(disk)  # never let the restored VM open a live disk of the original
+            continue
+        _point_at_overlay(disk, overlays[dev], sockets[dev])
+    return ET.tostring(root, encoding="unicode")
+
+
+def _set_text(root: ET.Element, tag: str, text: str) -> None:
+    elem = root.find(tag)
+    if elem is None:
+        elem = ET.SubElement(root, tag)
+    elem.text = text
+
+
+def _point_at_overlay(disk: ET.Element, overlay: Path, socket: Path) -> None:
+    disk.set("type", "file")
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.SubElement(disk, "driver", name="qemu")
+    driver.set("type", "qcow2")
+    for tag in ("source", "backingStore", "auth", "readonly", "shareable"):
+        for elem in disk.findall(tag):
+            disk.remove(elem)
+    ET.SubElement(disk, "source", file=str(overlay))
+    backing = ET.SubElement(disk, "backingStore", type="network")
+    ET.SubElement(backing, "format", type="raw")
+    source = ET.SubElement(backing, "source", protocol="nbd")
+    ET.SubElement(source, "host", transport="unix", socket=str(socket))
+    ET.SubElement(backing, "backingStore")
+
+
+def _qemu_owner() -> tuple[int, int] | None:
+    for user in QEMU_USERS:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(user)
+            return entry.pw_uid, entry.pw_gid
+    return None
+
+
+def boot(config: BootConfig) -> Booted:
+    backup = BackupSet(config.directory)
+    xml_path = vmconfig_path(backup, config.until)
+    original = ET.fromstring(xml_path.read_text()).findtext("name") or backup.directory.name
+    name = config.name or f"{original}-restore"
+    with connect(config.uri) as conn:
+        if name in (conn.listDefinedDomains() + [d.name() for d in conn.listAllDomains()]):
+            raise MountError(f"domain {name} already exists (choose another with --name)")
+        if resources.load("boot", name) is not None:
+            raise MountError(f"{name} is still booted by vbmount: run vbmount unboot {name}")
+        workdir = BOOT_ROOT / f"vbmount-boot-{name}"
+        res = resources.Resources.new("boot", name, workdir)
+        try:
+            workdir.chmod(0o755)
+            res.uri = config.uri
+            overlays, sockets = _serve_disks(backup, config.until, workdir, res)
+            xml = restore_xml(xml_path.read_text(), name, overlays, sockets)
+            try:
+                dom = conn.defineXML(xml)
+                res.domain = name
+                res.save()
+                if config.start:
+                    dom.create()
+            except libvirt.libvirtError as err:
+                raise LibvirtError(f"domain {name}: {err.get_error_message()}") from None
+        except BaseException:
+            _release_boot(res)
+            raise
+    return Booted(name, config.start, overlays)
+
+
+def _serve_disks(
+    backup: BackupSet, until: str | None, workdir: Path, res: resources.Resources
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    owner = _qemu_owner()
+    overlays, sockets = {}, {}
+    for disk in backup.disks:
+        point = backup.resolve(disk, until)
+        socket = workdir / f"{disk}.sock"
+        server = NbdkitServer(
+            plugin_args(Export(backup.directory, disk, until)),
+            workdir=workdir,
+            socket=socket,
+            name=f"nbdkit-{disk}",
+        )
+        with server:
+            server.detach()
+            res.add("servers", {"pid": server.pid, "marker": server.marker, "socket": str(socket)})
+        if owner is not None:
+            os.chown(socket, *owner)
+        os.chmod(socket, 0o600 if owner is not None else 0o666)
+        overlay = workdir / f"{disk}.qcow2"
+        proc.run_tool(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+             "-b", server.uri, str(overlay), str(point.virtual_size)],
+            what=f"creating overlay {overlay}",
+        )  # fmt: skip
+        overlays[disk], sockets[disk] = overlay, socket
+    return overlays, sockets
+
+
+def unboot(name: str, uri: str | None = None) -> bool:
+    """Destroy and undefine a domain `boot` made, stop its servers, remove its overlays."""
+    res = resources.load("boot", name)
+    if res is None:
+        return False
+    if uri is not None and res.uri is None:
+        res.uri = uri
+    _release_boot(res)
+    return True
+
+
+def _release_boot(res: resources.Resources) -> None:
+    if res.domain is not None:
+        with connect(res.uri or "qemu:///system") as conn:
+            _remove_domain(conn, res.domain)
+    resources.release(res)
+
+
+def _remove_domain(conn: libvirt.virConnect, name: str) -> None:
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return  # already gone
+    flags = (
+        libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+        | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    )
+    try:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"removing domain {name}: {err.get_error_message()}") from None

@@ -1,0 +1,81 @@
+"""``vbmount serve``: one disk at one point in time as an NBD export.
+
+In the foreground it serves until Ctrl-C or SIGTERM and then stops nbdkit;
+with ``daemon`` it returns once nbdkit listens, and nbdkit's pid file is how
+the user stops it (``kill $(cat PIDFILE)``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from vbbackup.chain import open_view
+from vbbackup.errors import UsageError
+from vbmount import proc
+from vbmount.resources import state_root
+from vbmount.server import Export, NbdkitServer, plugin_args
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    directory: Path
+    disk: str | None = None
+    until: str | None = None
+    socket: Path | None = None
+    port: int | None = None
+    writable: bool = False
+    daemon: bool = False
+    pidfile: Path | None = None
+
+
+def make_server(config: ServeConfig) -> NbdkitServer:
+    """The server for `config`; checks the chain first so errors come as one clean line."""
+    if config.socket is not None and config.port is not None:
+        raise UsageError("give --socket or --port, not both")
+    if config.pidfile is not None and not config.daemon:
+        raise UsageError("--pidfile goes with --daemon")
+    with open_view(config.directory, config.disk, config.until):
+        pass
+    workdir = state_root() / f"serve-{os.getpid()}"
+    workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    socket = config.socket
+    if socket is None and config.port is None:
+        socket = workdir / "nbd.sock"
+    return NbdkitServer(
+        plugin_args(Export(config.directory, config.disk, config.until)),
+        workdir=workdir,
+        socket=socket,
+        port=config.port,
+        writable=config.writable,
+        pidfile=config.pidfile,
+    )
+
+
+def serve(config: ServeConfig, announce: Callable[[str], None]) -> None:
+    server = make_server(config)
+    if config.daemon:
+        server.start()
+        server.detach()
+        announce(server.uri)
+        announce(f"pid file: {server.pidfile}")
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with server:
+            announce(server.uri)
+            announce("serving; Ctrl-C stops")
+            if server.pid is not None:
+                proc.wait_gone(server.pid, server.marker, timeout=float("inf"))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
