@@ -76,8 +76,18 @@ def qcow2_options(qemu_info: dict[str, Any] | None) -> str:
     return ",".join(opts)
 
 
-def copy_out(export: Export, output: Path, fmt: str = "qcow2", *, overwrite: bool = False) -> None:
-    """Write `export` to the new image `output` (format `fmt`), sparse and atomically."""
+def copy_out(
+    export: Export,
+    output: Path,
+    fmt: str = "qcow2",
+    *,
+    overwrite: bool = False,
+    preallocation: str | None = None,
+) -> None:
+    """Write `export` to the new image `output` (format `fmt`), sparse and atomically.
+
+    `preallocation` (qemu-img's: "metadata", "falloc", "full") reserves the space up front.
+    """
     if fmt not in FORMATS:
         raise VbError(f"unsupported image format {fmt!r} (use qcow2 or raw)")
     output = Path(output)
@@ -86,6 +96,8 @@ def copy_out(export: Export, output: Path, fmt: str = "qcow2", *, overwrite: boo
     backup = BackupSet(export.directory)
     point = backup.resolve(export.disk, export.until)
     options = qcow2_options(backup.qemu_info(point)) if fmt == "qcow2" else ""
+    if preallocation:
+        options = ",".join(filter(None, [options, f"preallocation={preallocation}"]))
     tmp = partial_path(output)
     tmp.unlink(missing_ok=True)
     try:
