@@ -1,0 +1,125 @@
+"""``vbbackup restore``, ``info`` and ``verify``: reading a backup set back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from vbbackup.engine.info import InfoConfig, human_size, info, render
+from vbbackup.engine.restore import RestoreConfig, plan, restore
+from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
+from vbbackup.errors import VerifyError
+
+
+@contextmanager
+def _progress(length: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (none when disabled or stderr is no terminal)."""
+    stderr = click.get_text_stream("stderr")
+    if not enabled or not stderr.isatty():
+        yield lambda n: None
+        return
+    with click.progressbar(length=length, label=label, file=stderr) as bar:
+        yield bar.update
+
+
+_backup_dir = click.argument(
+    "directory", type=click.Path(file_okay=False, path_type=Path), metavar="DIR"
+)
+
+
+@click.command("restore")
+@_backup_dir
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the images (and domain XML) into; created if missing.",
+)
+@click.option("--until", metavar="CHECKPOINT", help="Point in time (default: the newest).")
+@click.option("--disk", "disks", multiple=True, metavar="TARGET", help="Only this disk (repeat).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["qcow2", "raw"]),
+    help="Image format (default: the disk's format at backup time).",
+)
+@click.option("--preallocate", is_flag=True, help="Reserve the images' whole space (falloc).")
+@click.option(
+    "--adjust-config",
+    is_flag=True,
+    help="Write the domain XML rewritten for the restored images (new name, no UUID).",
+)
+@click.option("--name", help="Name of the adjusted domain (default: restore_<name>).")
+@click.option("--define", is_flag=True, help="Define the adjusted domain in libvirt.")
+@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
+              help="libvirt URI for --define.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Overwrite existing images and files.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def restore_command(
+    directory: Path,
+    output: Path,
+    until: str | None,
+    disks: tuple[str, ...],
+    fmt: str | None,
+    preallocate: bool,
+    adjust_config: bool,
+    name: str | None,
+    define: bool,
+    uri: str,
+    force: bool,
+    no_progress: bool,
+) -> None:
+    """Restore the disks of backup set DIR, each written once at its point in time."""
+    config = RestoreConfig(
+        directory, output, until, disks, fmt, preallocate, adjust_config, name, define, uri, force
+    )
+    the_plan = plan(config)
+    with _progress(the_plan.data_bytes, "restoring", not no_progress) as update:
+        result = restore(config, the_plan, update)
+    for disk in result.disks:
+        rate = disk.data_bytes / disk.seconds / 1e6 if disk.seconds else 0.0
+        click.echo(
+            f"{disk.disk}: {disk.image} ({disk.fmt}, {human_size(disk.virtual_size)}, "
+            f"{human_size(disk.data_bytes)} data at {disk.point}) in {disk.seconds:.1f} s, "
+            f"{rate:.0f} MB/s"
+        )
+    for path in result.boot_files:
+        click.echo(f"boot file: {path}")
+    if result.config is not None:
+        click.echo(f"domain XML: {result.config}")
+    if result.defined:
+        click.echo(f"defined domain: {result.defined}")
+
+
+@click.command("info")
+@_backup_dir
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_command(directory: Path, as_json: bool) -> None:
+    """Show the chain of backup set DIR: checkpoints, backups, sizes, problems."""
+    report = info(InfoConfig(directory))
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+@click.command("verify")
+@_backup_dir
+@click.option("--until", metavar="CHECKPOINT", help="Only the files this point needs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def verify_command(directory: Path, until: str | None, no_progress: bool) -> None:
+    """Check every data file of DIR (checksums, structure, lz4) and the chain links."""
+    config = VerifyConfig(directory, until)
+    with _progress(planned_bytes(config), "verifying", not no_progress) as update:
+        report = verify(config, update)
+    for result in report.files:
+        click.echo(f"{'ok' if result.sound else 'BAD'}  {result.path}")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    if not report.sound:
+        raise VerifyError(f"{len(report.problems)} problem(s) found in {report.directory}")
+    click.echo(f"{directory}: {len(report.files)} file(s) sound")

@@ -1,0 +1,120 @@
+"""The saved domain XML of a backup: what restore reads from it and how it rewrites it.
+
+``--adjust-config`` turns the XML saved with a backup into one that can be
+defined next to the original domain::
+
+    <uuid>           removed (libvirt makes a new one)
+    <name>           restore_<name>, or --name
+    <disk device='disk'> of a restored target: <source file=OUTDIR/image>,
+                     <driver type=fmt>, no <backingStore>
+    any other <disk> (excluded, not backed up, cdrom, floppy): removed
+    <os><nvram|kernel|initrd|loader>: the restored boot file, where one was restored
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from vbbackup.errors import VbError
+
+BOOT_ELEMENTS = ("loader", "nvram", "kernel", "initrd")
+
+
+@dataclass(frozen=True)
+class SavedDisk:
+    """A disk of the saved domain: its target, device kind, driver format and image file."""
+
+    target: str
+    device: str
+    fmt: str | None
+    source: str | None
+
+
+def parse(path: Path) -> etree._ElementTree:
+    try:
+        return etree.parse(str(path), etree.XMLParser(remove_blank_text=False))
+    except (OSError, etree.XMLSyntaxError) as err:
+        raise VbError(f"{path}: cannot read the saved domain XML: {err}") from None
+
+
+def domain_name(tree: etree._ElementTree) -> str:
+    return str(tree.findtext("name") or "")
+
+
+def saved_disks(tree: etree._ElementTree) -> dict[str, SavedDisk]:
+    """Disks by target dev, as the domain had them at backup time."""
+    disks = {}
+    for disk in tree.iterfind("devices/disk"):
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        source = disk.find("source")
+        driver = disk.find("driver")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name")
+        disks[target.get("dev")] = SavedDisk(
+            target=str(target.get("dev")),
+            device=disk.get("device", "disk"),
+            fmt=driver.get("type") if driver is not None else None,
+            source=path,
+        )
+    return disks
+
+
+def boot_files(tree: etree._ElementTree) -> dict[str, str]:
+    """``<os>`` files (loader, nvram, kernel, initrd) by element name."""
+    found = {}
+    for name in BOOT_ELEMENTS:
+        text = tree.findtext(f"os/{name}")
+        if text and text.strip():
+            found[name] = text.strip()
+    return found
+
+
+def adjust(
+    tree: etree._ElementTree,
+    name: str,
+    images: Mapping[str, tuple[Path, str]],
+    boot: Mapping[str, Path],
+) -> bytes:
+    """The rewritten XML (see the module docstring); ``images``: target -> (path, format)."""
+    root = etree.fromstring(etree.tostring(tree))
+    for uuid in root.findall("uuid"):
+        root.remove(uuid)
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = etree.SubElement(root, "name")
+    name_el.text = name
+    root.attrib.pop("id", None)
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if dev not in images or disk.get("device", "disk") != "disk":
+            disk.getparent().remove(disk)
+            continue
+        path, fmt = images[dev]
+        _point_disk_at(disk, path, fmt)
+    os_el = root.find("os")
+    for element, path in boot.items():
+        node = os_el.find(element) if os_el is not None else None
+        if node is not None:
+            node.text = str(path)
+    return etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
+def _point_disk_at(disk: etree._Element, path: Path, fmt: str) -> None:
+    disk.set("type", "file")
+    for child in disk.findall("backingStore") + disk.findall("source"):
+        disk.remove(child)
+    driver = disk.find("driver")
+    if driver is None:
+        driver = etree.SubElement(disk, "driver", name="qemu")
+    driver.set("type", fmt)
+    source = etree.Element("source", file=str(path))
+    source.tail = driver.tail
+    driver.addnext(source)

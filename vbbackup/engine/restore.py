@@ -1,0 +1,329 @@
+"""``vbbackup restore``: each disk written once, in its state at the chosen point.
+
+No replay: a disk's point in time (full + incrementals, or + a
+differential) is one merged view (``vbbackup.chain``), which
+``engine.copyout`` streams into a new sparse image. Plan first, then
+write::
+
+    plan     resolve every disk's point, name its image, check no target
+             exists (unless --force): nothing is written if any check fails
+    disks    copy_out(view -> OUTDIR/<image>.partial -> rename), one by one
+    boot     nvram/kernel/initrd (and loader if gone) the backup saved
+    config   the saved domain XML; --adjust-config rewrites it, --define
+             registers it with libvirt
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+from lxml import etree
+
+from vbbackup.chain import COPY, FULL, BackupSet, PointInTime, open_view
+from vbbackup.engine import domainxml
+from vbbackup.engine.copyout import FORMATS, Export, copy_out
+from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError
+from vbbackup.fsutil import atomic_output, partial_path, write_small_file
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class RestoreConfig:
+    directory: Path
+    output: Path
+    until: str | None = None
+    disks: tuple[str, ...] = ()
+    fmt: str | None = None  # None: the disk's format at backup time
+    preallocate: bool = False
+    adjust_config: bool = False
+    name: str | None = None
+    define: bool = False
+    uri: str = "qemu:///system"
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    disk: str
+    point: PointInTime
+    until: str | None
+    image: Path
+    fmt: str
+    data_bytes: int
+
+
+@dataclass(frozen=True)
+class RestoredDisk:
+    disk: str
+    image: Path
+    fmt: str
+    point: str
+    virtual_size: int
+    data_bytes: int
+    seconds: float
+
+
+@dataclass
+class RestoreResult:
+    disks: list[RestoredDisk] = field(default_factory=list)
+    boot_files: list[Path] = field(default_factory=list)
+    config: Path | None = None
+    defined: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything restore will write, decided before the first byte is."""
+
+    disks: tuple[DiskPlan, ...]
+    xml_path: Path | None
+    domain: str
+    config_out: Path | None
+    boot: dict[str, tuple[Path, Path]]  # <os> element -> (saved copy, restored path)
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(d.data_bytes for d in self.disks)
+
+
+def plan(config: RestoreConfig) -> Plan:
+    """Resolve points, image names and targets; raise before anything is written."""
+    if config.fmt is not None and config.fmt not in FORMATS:
+        raise UsageError(f"unsupported image format {config.fmt!r} (use qcow2 or raw)")
+    backup = BackupSet(config.directory)
+    names = config.disks or backup.disks
+    points = {disk: _point(backup, disk, config.until) for disk in names}
+    xml_path = _saved_xml(backup, list(points.values()))
+    tree = domainxml.parse(xml_path) if xml_path else None
+    saved = domainxml.saved_disks(tree) if tree is not None else {}
+    output = Path(config.output)
+    disks = []
+    taken: set[str] = set()
+    for disk, (point, until) in points.items():
+        fmt = config.fmt or _backup_format(point, saved.get(disk))
+        image = output / _image_name(disk, fmt, saved.get(disk), taken)
+        taken.add(image.name)
+        with open_view(backup.directory, disk, until) as view:
+            data = sum(n for _, n, zero in view.extents(0, view.size) if not zero)
+        disks.append(DiskPlan(disk, point, until, image, fmt, data))
+    domain = domainxml.domain_name(tree) if tree is not None else ""
+    adjust = config.adjust_config or config.define
+    if adjust and tree is None:
+        raise ChainError(f"no saved domain XML (vmconfig.*.xml) in {backup.directory}")
+    new_name = config.name or f"restore_{domain}"
+    config_out = None
+    if xml_path is not None:
+        config_out = output / (f"{new_name}.xml" if adjust else xml_path.name)
+    boot = _boot_plan(backup.directory, tree, output, disks[0].point) if tree is not None else {}
+    result = Plan(tuple(disks), xml_path, domain, config_out, boot)
+    if not config.force:
+        _refuse_existing(result)
+    return result
+
+
+def restore(
+    config: RestoreConfig, restore_plan: Plan | None = None, progress: Progress | None = None
+) -> RestoreResult:
+    """Write every planned image, boot file and the domain XML; define it if asked."""
+    the_plan = restore_plan or plan(config)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    result = RestoreResult()
+    for disk in the_plan.disks:
+        started = time.monotonic()
+        with _PartialWatcher(disk, progress, poll=not config.preallocate):
+            copy_out(
+                Export(Path(config.directory), disk.disk, disk.until),
+                disk.image,
+                disk.fmt,
+                overwrite=config.force,
+                preallocation="falloc" if config.preallocate else None,
+            )
+        result.disks.append(
+            RestoredDisk(
+                disk=disk.disk,
+                image=disk.image,
+                fmt=disk.fmt,
+                point=disk.point.name,
+                virtual_size=disk.point.virtual_size,
+                data_bytes=disk.data_bytes,
+                seconds=time.monotonic() - started,
+            )
+        )
+    for saved, target in the_plan.boot.values():
+        _copy_file(saved, target, config.force)
+        result.boot_files.append(target)
+    if the_plan.xml_path is not None and the_plan.config_out is not None:
+        if config.adjust_config or config.define:
+            xml = _adjusted_xml(config, the_plan)
+            write_small_file(the_plan.config_out, xml, overwrite=config.force)
+            if config.define:
+                result.defined = _define(config.uri, xml)
+        else:
+            _copy_file(the_plan.xml_path, the_plan.config_out, config.force)
+        result.config = the_plan.config_out
+    return result
+
+
+def _point(backup: BackupSet, disk: str, until: str | None) -> tuple[PointInTime, str | None]:
+    """The disk's point at ``until``; a disk saved only as a copy restores its copy."""
+    points = backup.points(disk)
+    if until is not None and all(p.name == COPY for p in points):
+        return points[-1], COPY
+    return backup.resolve(disk, until), until
+
+
+def _ident(point: PointInTime) -> str:
+    """The ``<ident>`` of the side files (vmconfig, qcow.json, boot files) of a point."""
+    newest = point.files[-1]
+    if newest.level == FULL:
+        return point.meta.checkpoint_name
+    if newest.level == COPY:
+        return COPY
+    return newest.ident
+
+
+def _saved_xml(backup: BackupSet, points: list[tuple[PointInTime, str | None]]) -> Path | None:
+    """``vmconfig.<ident>.xml`` of the point; else the newest one saved before it."""
+    idents = [_ident(p) for p, _ in points]
+    for ident in idents:
+        path = backup.directory / f"vmconfig.{ident}.xml"
+        if path.is_file():
+            return path
+    saved = sorted(backup.directory.glob("vmconfig.*.xml"), key=lambda p: p.stat().st_mtime)
+    return saved[-1] if saved else None
+
+
+def _backup_format(point: PointInTime, saved: domainxml.SavedDisk | None) -> str:
+    for fmt in (point.meta.disk_format, saved.fmt if saved else None):
+        if fmt in FORMATS:
+            return str(fmt)
+    return "qcow2"
+
+
+def _image_name(disk: str, fmt: str, saved: domainxml.SavedDisk | None, taken: set[str]) -> str:
+    """The source image's file name (format suffix swapped if the format changed)."""
+    fallback = f"{disk}.{fmt}"
+    if saved is None or not saved.source:
+        return fallback
+    name = Path(saved.source).name
+    if saved.fmt != fmt:
+        stem = Path(name).stem if Path(name).suffix in (".qcow2", ".raw", ".img") else name
+        name = f"{stem}.{fmt}"
+    if name in taken or name.endswith(".partial"):
+        return fallback
+    return name
+
+
+def _boot_plan(
+    directory: Path, tree: etree._ElementTree, output: Path, point: PointInTime
+) -> dict[str, tuple[Path, Path]]:
+    """Saved boot files (``<basename>.<ident>``, or ``<basename>`` for a copy) to restore."""
+    plan_: dict[str, tuple[Path, Path]] = {}
+    ident = _ident(point)
+    for element, original in domainxml.boot_files(tree).items():
+        base = Path(original).name
+        if element == "loader" and Path(original).exists():
+            continue  # shared, read-only firmware: the XML keeps pointing at it
+        candidates = [directory / f"{base}.{ident}", directory / base]
+        candidates += sorted(directory.glob(f"{base}.*"), key=lambda p: p.stat().st_mtime)[::-1]
+        saved = next(
+            (p for p in candidates if p.is_file() and not p.name.endswith(".partial")), None
+        )
+        if saved is not None:
+            plan_[element] = (saved, output / base)
+    return plan_
+
+
+def _refuse_existing(the_plan: Plan) -> None:
+    targets = [d.image for d in the_plan.disks] + [t for _, t in the_plan.boot.values()]
+    if the_plan.config_out is not None:
+        targets.append(the_plan.config_out)
+    for target in targets:
+        if target.exists():
+            raise TargetExistsError(f"{target} already exists; refusing to overwrite it (--force)")
+
+
+def _copy_file(source: Path, target: Path, overwrite: bool) -> None:
+    with open(source, "rb") as src, atomic_output(target, overwrite=overwrite) as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def _adjusted_xml(config: RestoreConfig, the_plan: Plan) -> bytes:
+    if the_plan.xml_path is None:
+        raise ChainError("no saved domain XML to adjust")
+    tree = domainxml.parse(the_plan.xml_path)
+    images = {d.disk: (d.image.resolve(), d.fmt) for d in the_plan.disks}
+    boot = {element: target.resolve() for element, (_, target) in the_plan.boot.items()}
+    name = config.name or f"restore_{the_plan.domain}"
+    return domainxml.adjust(tree, name, images, boot)
+
+
+def _define(uri: str, xml: bytes) -> str:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"cannot connect to {uri}: {err.get_error_message()}") from None
+    try:
+        dom = conn.defineXML(xml.decode("utf-8"))
+        return str(dom.name())
+    except libvirt.libvirtError as err:
+        raise LibvirtError(
+            f"defining the restored domain failed: {err.get_error_message()}"
+        ) from None
+    finally:
+        conn.close()
+
+
+class _PartialWatcher:
+    """Report a disk's progress from the allocated size of its growing ``.partial`` image.
+
+    copy_out runs qemu-img in a child process; the bytes it has allocated in
+    the target are the honest measure of how far it got (capped at the
+    disk's data size; the rest is reported when the copy ends). A
+    preallocated image is fully allocated at once, so it is not polled.
+    """
+
+    _PERIOD = 0.25
+
+    def __init__(self, disk: DiskPlan, progress: Progress | None, *, poll: bool = True) -> None:
+        self._disk = disk
+        self._poll = poll
+        self._progress = progress
+        self._reported = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _PartialWatcher:
+        if self._progress is not None and self._poll:
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if exc_type is None:
+            self._report(self._disk.data_bytes)
+
+    def _run(self) -> None:
+        partial = partial_path(self._disk.image)
+        while not self._done.wait(self._PERIOD):
+            try:
+                allocated = os.stat(partial).st_blocks * 512
+            except OSError:
+                continue
+            self._report(min(allocated, self._disk.data_bytes))
+
+    def _report(self, done: int) -> None:
+        if done > self._reported and self._progress is not None:
+            self._progress(done - self._reported)
+            self._reported = done
