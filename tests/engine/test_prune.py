@@ -116,7 +116,9 @@ def test_cli_prune(root: Path) -> None:
 
 
 def test_cli_missing_root_is_one_line(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["prune", str(tmp_path / "nope"), "--keep-chains", "1"])
+    result = CliRunner().invoke(
+        main, ["prune", str(tmp_path / "nope"), "--keep-chains", "1"], prog_name="vbbackup"
+    )
     assert result.exit_code == UsageError.exit_code
     assert result.output.strip().splitlines() == [
         f"vbbackup: error: backup root does not exist or is not a directory: {tmp_path / 'nope'}"

@@ -129,6 +129,17 @@ def parse_data_name(path: Path) -> DataFile | None:
     return DataFile(path, m["disk"], DIFF, m["ts"])
 
 
+def start_at_full(names: list[str], full: StreamMeta | None) -> list[str]:
+    """Drop the checkpoints a consolidated full (``vbbackup consolidate``) merged.
+
+    ``.cpt`` keeps every name so that the next checkpoint is numbered on;
+    the chain starts at the full's checkpoint.
+    """
+    if full and full.checkpoint_name in names[1:]:
+        return names[names.index(full.checkpoint_name) :]
+    return names
+
+
 class BackupSet:
     """The data files and checkpoint list of one backup directory.
 
@@ -282,7 +293,8 @@ class BackupSet:
             diffs.setdefault(self.meta(diff).parent_checkpoint or "", []).append(diff)
         points = [PointInTime(COPY, disk, (f,), (self.meta(f),)) for f in by_level.get(COPY, [])]
         chain: list[DataFile] = []
-        names = self._chain_names(disk, by_level)
+        full_meta = self.meta(fulls[0]) if fulls else None
+        names = start_at_full(self._chain_names(disk, by_level), full_meta)
         missing = ""
         for k, cp in enumerate(names):
             found = (fulls[0] if fulls else None) if k == 0 else incs.get(cp)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vbbackup.engine.consolidate import ConsolidateConfig, consolidate
 from vbbackup.engine.prune import PruneConfig, prune
 
 
@@ -21,3 +22,15 @@ from vbbackup.engine.prune import PruneConfig, prune
 def prune_command(root: Path, keep_chains: int, dry_run: bool) -> None:
     """Remove whole old chain directories below ROOT, oldest full backup first."""
     prune(PruneConfig(root=root, keep_chains=keep_chains, dry_run=dry_run), click.echo)
+
+
+@click.command("consolidate")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--until",
+    metavar="CP",
+    help="Merge the full and the incrementals up to this checkpoint (default: all).",
+)
+def consolidate_command(directory: Path, until: str | None) -> None:
+    """Merge a chain's full and incrementals into one synthetic full backup."""
+    consolidate(ConsolidateConfig(directory=directory, until=until), click.echo)

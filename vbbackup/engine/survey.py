@@ -16,7 +16,7 @@ from pathlib import Path
 from lxml import etree
 
 from vbbackup.chain import COPY, DIFF, FULL, INC, DataFile, read_meta
-from vbbackup.chain.backupset import parse_data_name
+from vbbackup.chain.backupset import parse_data_name, start_at_full
 from vbbackup.errors import ChainError, VbError
 from vbbackup.format import StreamMeta
 from vbbackup.fsutil import PARTIAL_SUFFIX, checksum_path
@@ -220,7 +220,7 @@ def _chain_names(
 ) -> list[str]:
     """Checkpoint names in chain order: the .cpt list, else follow the metas' parent links."""
     if checkpoints is not None:
-        return list(checkpoints)
+        return start_at_full(list(checkpoints), fulls[0].meta if fulls else None)
     if not fulls or fulls[0].meta is None:
         return []
     names = [fulls[0].meta.checkpoint_name]

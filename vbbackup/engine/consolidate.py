@@ -1,0 +1,187 @@
+"""Synthetic full: merge a chain's full and incrementals up to CP into one full.
+
+Before and after, for ``--until virtnbdbackup.2``::
+
+    vm.cpt  [.0 .1 .2 .3]            vm.cpt  [.0 .1 .2 .3]   (unchanged: numbering goes on)
+    vda.full.data          (cp .0)   vda.full.data          (cp .2, written from the view)
+    vda.inc.…1.data        (cp .1)
+    vda.inc.…2.data        (cp .2)
+    vda.inc.…3.data        (cp .3)   vda.inc.…3.data        (cp .3, untouched)
+
+Steps, each leaving a set that restores, whatever moment a crash hits:
+
+1. ``vda.full.data.partial`` from the chain view at CP (readers skip it);
+   its mtime is set to the old full's, because virtnbdrestore orders a
+   disk's files by mtime.
+2. The old full's checksum file goes (a missing checksum is "unchecked",
+   a stale one "corrupt"), then the rename swaps the full, then the new
+   checksum is written. Between the swap and step 3 the merged
+   incrementals are still there: our chain reader skips them (the chain
+   starts at the full's checkpoint), and virtnbdrestore replays them over
+   the state at CP, which is idempotent (each byte ends as its last writer
+   among them left it).
+3. The merged incrementals go oldest first, the directory synced after
+   each: any crash leaves a suffix of them, and replaying a suffix is
+   idempotent in the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vbbackup import fsutil
+from vbbackup.chain import DIFF, FULL, INC, BackupSet, DataFile, PointInTime, PointInTimeView
+from vbbackup.errors import ChainError, VbError
+from vbbackup.format import MAX_CHUNK, StreamMeta, StreamWriter
+
+
+@dataclass(frozen=True)
+class ConsolidateConfig:
+    directory: Path
+    until: str | None = None  # default: the chain's newest checkpoint
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """What consolidation does to one disk."""
+
+    disk: str
+    point: PointInTime
+    full: DataFile
+    merged: tuple[DataFile, ...]  # the incrementals folded into the new full
+    leftovers: tuple[DataFile, ...] = ()  # merged by an earlier, interrupted run
+
+
+def plan(config: ConsolidateConfig) -> list[DiskPlan]:
+    """Check the set and work out, per disk, which files the new full replaces."""
+    backup_set = BackupSet(config.directory)
+    plans = []
+    for disk in backup_set.disks:
+        points = [p for p in backup_set.points(disk) if p.files[0].level == FULL]
+        base = [p for p in points if p.files[-1].level != DIFF]
+        if not base:
+            raise ChainError(f"disk {disk} in {config.directory} has no full backup to merge into")
+        names = [p.name for p in base]
+        until = config.until or names[-1]
+        if until not in names:
+            raise ChainError(
+                f"unknown checkpoint {until!r} for disk {disk} (chain: {', '.join(names)})"
+            )
+        point = base[names.index(until)]
+        _refuse_orphaned_diffs(points, point, disk)
+        leftovers = _leftovers(backup_set, disk, point.files[0])
+        plans.append(DiskPlan(disk, point, point.files[0], point.files[1:], leftovers))
+    return plans
+
+
+def _leftovers(backup_set: BackupSet, disk: str, full: DataFile) -> tuple[DataFile, ...]:
+    """Incrementals up to the full's checkpoint: a crash in step 3 left them."""
+    names = list(backup_set.checkpoints or ())
+    first = backup_set.meta(full).checkpoint_name
+    if first not in names:
+        return ()
+    earlier = names[: names.index(first) + 1]
+    incs = {f.ident: f for f in backup_set.files(disk) if f.level == INC}
+    return tuple(incs[name] for name in earlier if name in incs)
+
+
+def _refuse_orphaned_diffs(points: list[PointInTime], until: PointInTime, disk: str) -> None:
+    """A differential on a checkpoint before ``until`` would lose its base."""
+    merged = {f.path for f in until.files[:-1]}
+    for point in points:
+        if point.files[-1].level == DIFF and point.files[-2].path in merged:
+            raise ChainError(
+                f"{point.files[-1].path} is a differential on checkpoint "
+                f"{point.metas[-2].checkpoint_name}, which consolidating disk {disk} up to "
+                f"{until.name} would merge away; consolidate up to that checkpoint at most, "
+                "or remove the differential first"
+            )
+
+
+def consolidate(config: ConsolidateConfig, report: Callable[[str], None] = print) -> None:
+    """Write each disk's synthetic full, then drop the incrementals it holds."""
+    plans = plan(config)
+    for item in plans:
+        if not item.merged:
+            report(f"{item.disk}: already a full at {item.point.name}, nothing to merge")
+            continue
+        report(
+            f"{item.disk}: merging {item.full.name} and {len(item.merged)} incrementals "
+            f"up to {item.point.name}"
+        )
+        _write_full(item)
+    for item in plans:
+        for data in item.leftovers + item.merged:
+            _remove_durably(fsutil.checksum_path(data.path))
+            _remove_durably(data.path)
+            report(f"{item.disk}: removed {data.name}")
+        if item.merged:
+            report(f"{item.disk}: {item.full.name} now holds checkpoint {item.point.name}")
+
+
+def _write_full(item: DiskPlan) -> None:
+    """Steps 1 and 2 of the module docstring for one disk."""
+    target = item.full.path
+    old_meta = item.point.metas[0]
+    newest = item.point.meta
+    partial = fsutil.partial_path(target)
+    with PointInTimeView(item.point) as view:
+        extents = view.extents(0, view.size)
+        meta = StreamMeta(
+            virtual_size=view.size,
+            data_size=sum(n for _, n, zero in extents if not zero),
+            date=newest.date,
+            disk_name=old_meta.disk_name,
+            disk_format=old_meta.disk_format,
+            checkpoint_name=newest.checkpoint_name,
+            parent_checkpoint=None,
+            incremental=False,
+            compressed=old_meta.compressed,
+            compression_method=old_meta.compression_method,
+        )
+        partial.unlink(missing_ok=True)  # left by an interrupted run
+        with fsutil.atomic_output(partial) as f:
+            writer = StreamWriter(f, meta)
+            for offset, length, zero in extents:
+                if zero:
+                    writer.write_zero(offset, length)
+                    continue
+                # one frame per MAX_CHUNK: one lz4 frame each, as virtnbdrestore reads it
+                for start in range(offset, offset + length, MAX_CHUNK):
+                    n = min(MAX_CHUNK, offset + length - start)
+                    writer.begin_data(start, n)
+                    writer.write_chunk(view.read(start, n))
+                    writer.end_data()
+            writer.finish()
+    stat = target.stat()
+    os.utime(partial, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    _copy_qemu_info(item)
+    _remove_durably(fsutil.checksum_path(target))
+    try:
+        os.replace(partial, target)
+    except OSError as err:
+        raise VbError(f"cannot replace {target}: {err.strerror}") from None
+    fsutil.fsync_dir(target.parent)
+    fsutil.write_checksum(target, writer.checksum)
+
+
+def _copy_qemu_info(item: DiskPlan) -> None:
+    """Restore looks for ``<disk>.<full's checkpoint>.qcow.json``: make sure it exists."""
+    directory = item.full.path.parent
+    wanted = directory / f"{item.disk}.{item.point.name}.qcow.json"
+    source = directory / f"{item.disk}.{item.point.metas[0].checkpoint_name}.qcow.json"
+    if not wanted.exists() and source.exists():
+        fsutil.write_small_file(wanted, source.read_bytes(), overwrite=False)
+
+
+def _remove_durably(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise VbError(f"cannot remove {path}: {err.strerror}") from None
+    fsutil.fsync_dir(path.parent)
