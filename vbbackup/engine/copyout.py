@@ -108,7 +108,9 @@ def copy_out(
             f'{fmt} nbd+unix:///?socket="$unixsocket" {shlex.quote(str(tmp))}'
         )
         exported = Export(export.directory, point.disk, export.until)
-        _run(["nbdkit", "--unix", "-", "--readonly", *plugin_args(exported), "--run", convert])
+        policy = _sector_policy(point.virtual_size)  # [filter option, its parameter]
+        _run(["nbdkit", "--unix", "-", "--readonly", *policy[:1], *plugin_args(exported),
+              *policy[1:], "--run", convert])  # fmt: skip
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, output)
@@ -117,6 +119,19 @@ def copy_out(
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _sector_policy(size: int) -> list[str]:
+    """nbdkit filter that advertises a 512-byte minimum block size.
+
+    qemu-img convert reads block status per 512-byte sector and skips a
+    sector whose first bytes are a hole, so a byte-granular extent (data
+    from byte 2M+17) would lose that sector's data. With a minimum block
+    size QEMU's NBD client rounds extents itself: a partly-data sector is data.
+    """
+    if size % 512:
+        return []
+    return ["--filter=blocksize-policy", "blocksize-minimum=512"]
 
 
 def _run(argv: list[str]) -> None:
