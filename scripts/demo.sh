@@ -1,0 +1,10 @@
+#!/bin/bash
+# Show the stack working end to end on a throwaway VM (removed afterwards, also on failure).
+# Each step is one Python module run with .venv's interpreter; add steps below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup.sh
+
+# 1. A VM with live writes, a libvirt pull backup job, the disk read back over NBD.
+.venv/bin/python -m tests.harness.demo

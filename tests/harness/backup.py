@@ -1,0 +1,113 @@
+"""A libvirt pull-mode backup job on a test VM, always ended on the way out.
+
+    with pull_backup(vm, checkpoint="cp0") as job:          # full, creates checkpoint cp0
+        job.socket           # /var/tmp/vbtest-.../backup-1.sock (NBD over a unix socket)
+        job.exports["vda"]   # export name of disk vda ("vda")
+        job.bitmaps["vda"]   # "qemu:dirty-bitmap:backup-vda" (incremental jobs only)
+    with pull_backup(vm, checkpoint="cp1", incremental="cp0") as job:
+        ...                  # the bitmap context holds what changed since cp0
+
+libvirt's defaults are kept: the export of a disk is named after its target, and
+an incremental job exports the dirty bitmap as ``backup-<target>``. Disks left out
+of `disks` get ``backup='no'`` (and ``checkpoint='no'``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
+
+import libvirt
+
+from tests.harness.vm import TestVM
+
+_jobs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class PullBackupJob:
+    socket: Path
+    exports: dict[str, str]
+    bitmaps: dict[str, str]
+    checkpoint: str | None
+    incremental: str | None
+
+    def nbd_uri(self, target: str) -> str:
+        return f"nbd+unix:///{self.exports[target]}?socket={self.socket}"
+
+
+def backup_xml(
+    socket: Path, scratch: dict[str, Path], skip: Sequence[str], incremental: str | None
+) -> str:
+    disks = [
+        f"<disk name={quoteattr(t)} backup='yes' type='file'>"
+        f"<scratch file={quoteattr(str(path))}/></disk>"
+        for t, path in scratch.items()
+    ]
+    disks += [f"<disk name={quoteattr(t)} backup='no'/>" for t in skip]
+    inc = f"<incremental>{escape(incremental)}</incremental>" if incremental else ""
+    return (
+        f"<domainbackup mode='pull'>{inc}"
+        f"<server transport='unix' socket={quoteattr(str(socket))}/>"
+        f"<disks>{''.join(disks)}</disks></domainbackup>"
+    )
+
+
+def checkpoint_xml(name: str, targets: Sequence[str], skip: Sequence[str]) -> str:
+    disks = [f"<disk name={quoteattr(t)} checkpoint='bitmap'/>" for t in targets]
+    disks += [f"<disk name={quoteattr(t)} checkpoint='no'/>" for t in skip]
+    return (
+        f"<domaincheckpoint><name>{escape(name)}</name>"
+        f"<disks>{''.join(disks)}</disks></domaincheckpoint>"
+    )
+
+
+@contextmanager
+def pull_backup(
+    vm: TestVM,
+    disks: Sequence[str] | None = None,
+    checkpoint: str | None = None,
+    incremental: str | None = None,
+) -> Iterator[PullBackupJob]:
+    """Start a pull backup of `disks` (default: all of the VM's disks) and end it on exit.
+
+    checkpoint: name of a checkpoint the job creates (bitmaps start at this moment).
+    incremental: an earlier checkpoint; the job then exports its dirty bitmaps.
+    The NBD socket and the scratch files live in the VM's directory.
+    """
+    if vm.dom is None:
+        raise RuntimeError(f"{vm.name} is not running")
+    targets = list(disks) if disks is not None else vm.targets
+    skip = [t for t in vm.targets if t not in targets]
+    n = next(_jobs)
+    socket = vm.dir / f"backup-{n}.sock"
+    scratch = {t: vm.dir / f"backup-{n}.{t}.scratch" for t in targets}
+    cp_xml = checkpoint_xml(checkpoint, targets, skip) if checkpoint else None
+    vm.dom.backupBegin(backup_xml(socket, scratch, skip, incremental), cp_xml)
+    try:
+        yield PullBackupJob(
+            socket=socket,
+            exports={t: t for t in targets},
+            bitmaps={t: f"qemu:dirty-bitmap:backup-{t}" for t in targets} if incremental else {},
+            checkpoint=checkpoint,
+            incremental=incremental,
+        )
+    finally:
+        end_backup_job(vm.dom)
+        socket.unlink(missing_ok=True)
+        for path in scratch.values():
+            path.unlink(missing_ok=True)
+
+
+def end_backup_job(dom: libvirt.virDomain) -> None:
+    """A pull job runs until the client ends it: abortJob is how it ends (also on success)."""
+    try:
+        if dom.isActive() and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+            dom.abortJob()
+    except libvirt.libvirtError:
+        if dom.isActive() and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+            raise
