@@ -1,0 +1,133 @@
+"""`vbbackup restore|info|verify` through click: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from tests.chain.chains import write_chain
+from vbbackup.cli import main
+from vbbackup.fsutil import file_adler32, write_checksum
+
+KiB = 1024
+SIZE = 1024 * KiB
+STEPS = [[(0, b"A" * 64 * KiB), (64 * KiB, SIZE - 64 * KiB)], [(4 * KiB, b"B" * 3000)]]
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), prog_name="vbbackup")
+
+
+@pytest.fixture
+def backup(tmp_path: Path) -> Path:
+    directory = tmp_path / "set"
+    write_chain(directory, SIZE, STEPS, compressed=True)
+    for path in directory.glob("*.data"):
+        write_checksum(path, file_adler32(path))
+    return directory
+
+
+@pytest.mark.parametrize("name", ["restore", "info", "verify"])
+def test_every_option_has_help(name: str) -> None:
+    command = main.commands[name]
+    assert command.help
+    for param in command.params:
+        if isinstance(param, click.Option):
+            assert param.help, f"{name} {param.opts} has no help"
+    assert run(name, "--help").exit_code == 0
+
+
+def test_info_text_and_json(backup: Path) -> None:
+    text = run("info", str(backup))
+    assert text.exit_code == 0, text.output
+    assert f"Backup set {backup} (domain vm)" in text.output
+    assert "virtnbdbackup.1" in text.output and "lz4 (level 2)" in text.output
+    assert "Problems: none found" in text.output
+    report = json.loads(run("info", str(backup), "--json").output)
+    assert [p["name"] for p in report["chain"]] == ["virtnbdbackup.0", "virtnbdbackup.1"]
+    (full, inc) = report["disks"]["vda"]
+    assert (full["level"], full["virtual_size"], full["data_size"]) == ("full", SIZE, 64 * KiB)
+    assert (inc["parent"], inc["checksum_file"], inc["compression"]) == (
+        "virtnbdbackup.0",
+        True,
+        "lz4 (level 2)",
+    )
+
+
+def test_info_names_a_missing_incremental(backup: Path) -> None:
+    (backup / "vm.cpt").write_text('["virtnbdbackup.0", "virtnbdbackup.1", "virtnbdbackup.2"]')
+    result = run("info", str(backup))
+    assert result.exit_code == 0
+    assert (
+        f"{backup}/vda.inc.virtnbdbackup.2.data: missing incremental (checkpoint virtnbdbackup.2)"
+        in result.output
+    )
+
+
+def test_verify_sound(backup: Path) -> None:
+    result = run("verify", str(backup))
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == f"{backup}: 2 file(s) sound"
+
+
+def test_verify_flipped_byte_exits_9_naming_file(backup: Path) -> None:
+    path = backup / "vda.inc.virtnbdbackup.1.data"
+    data = bytearray(path.read_bytes())
+    data[-60] ^= 0x10  # inside the compression trailer's JSON
+    path.write_bytes(bytes(data))
+    result = run("verify", str(backup))
+    assert result.exit_code == 9
+    assert f"BAD  {path}" in result.output
+    assert f"problem: {path}: adler32 " in result.output
+    assert result.output.splitlines()[-1].startswith("vbbackup: error: ")
+    assert f"problem(s) found in {backup}" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("verify", "{tmp}/nope"), 4, "backup directory does not exist: {tmp}/nope"),
+        (("info", "{tmp}/nope"), 4, "backup directory does not exist: {tmp}/nope"),
+        (
+            ("restore", "{set}", "-o", "{tmp}/out", "--until", "cp9"),
+            4,
+            "unknown checkpoint 'cp9' for disk vda (chain: virtnbdbackup.0, virtnbdbackup.1)",
+        ),
+        (
+            ("restore", "{set}", "-o", "{tmp}/out", "--disk", "vdz"),
+            4,
+            "unknown disk 'vdz' in {set} (disks: vda)",
+        ),
+        (("verify", "{set}", "--until", "cp9"), 4, "unknown checkpoint 'cp9' in {set}"),
+    ],
+)
+def test_bad_input_is_one_line(
+    backup: Path, tmp_path: Path, args: tuple[str, ...], code: int, message: str
+) -> None:
+    def fill(text: str) -> str:
+        return text.format(tmp=tmp_path, set=backup)
+
+    result = run(*(fill(a) for a in args))
+    assert result.exit_code == code, result.output
+    assert result.output == f"vbbackup: error: {fill(message)}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_restore_then_refuse_then_force(backup: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    first = run("restore", str(backup), "-o", str(out), "--format", "raw")
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith(f"vda: {out}/vda.raw (raw, 1.0 MiB, ")
+    assert "data at virtnbdbackup.1)" in first.output
+    second = run("restore", str(backup), "-o", str(out), "--format", "raw")
+    assert second.exit_code == 5
+    assert second.output == (
+        f"vbbackup: error: {out}/vda.raw already exists; refusing to overwrite it (--force)\n"
+    )
+    third = run("restore", str(backup), "-o", str(out), "--format", "raw", "--force")
+    assert third.exit_code == 0, third.output
