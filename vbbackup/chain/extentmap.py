@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 ZERO: Final = -1
+
+# One file's frames: kinds (true = data, false = zero), starts, lengths.
+Layer = tuple[Sequence[int], Sequence[int], Sequence[int]]
+_Arrays = tuple["array[int]", "array[int]", "array[int]"]
 
 
 class ExtentMap:
@@ -28,85 +32,34 @@ class ExtentMap:
 
     __slots__ = ("frames", "layers", "size", "starts")
 
-    def __init__(self, size: int) -> None:
+    def __init__(
+        self, size: int, starts: array[int], layers: array[int], frames: array[int]
+    ) -> None:
         self.size = size
-        self.starts = array("Q", [0] if size else [])
-        self.layers = array("i", [ZERO] if size else [])
-        self.frames = array("I", [0] if size else [])
+        self.starts = starts
+        self.layers = layers
+        self.frames = frames
+
+    @classmethod
+    def build(cls, size: int, files: Iterable[Layer]) -> ExtentMap:
+        """Overlay the files' frames in order (a later frame wins).
+
+        Frames of a file are normally sorted and disjoint; a frame that goes
+        back starts a new pass, so file order decides even then.
+        """
+        segs: _Arrays = (array("Q"), array("i"), array("I"))
+        if size:
+            segs[0].append(0)
+            segs[1].append(ZERO)
+            segs[2].append(0)
+        for layer, (kinds, starts, lengths) in enumerate(files):
+            first = 0
+            while first < len(starts):
+                segs, first = _overlay_run(segs, size, layer, kinds, starts, lengths, first)
+        return cls(size, *segs)
 
     def __len__(self) -> int:
         return len(self.starts)
-
-    def overlay(
-        self,
-        layer: int,
-        kinds: Sequence[int],
-        starts: Sequence[int],
-        lengths: Sequence[int],
-    ) -> None:
-        """Lay one file's frames over the map (a later frame wins).
-
-        ``kinds[i]`` is true for a data frame, false for a zero frame. Frames
-        are normally sorted and disjoint; a frame that goes back is applied in
-        a new pass, so file order decides even then.
-        """
-        first = 0
-        while first < len(starts):
-            first = self._overlay_run(layer, kinds, starts, lengths, first)
-
-    def _overlay_run(
-        self,
-        layer: int,
-        kinds: Sequence[int],
-        starts: Sequence[int],
-        lengths: Sequence[int],
-        first: int,
-    ) -> int:
-        """Merge sorted, disjoint frames from ``first`` on; return where that stops."""
-        size = self.size
-        bs, bl, bf = self.starts, self.layers, self.frames
-        ns, nl, nf = array("Q"), array("i"), array("I")
-        pos = 0  # everything before pos is in the new arrays
-
-        def copy_base(a: int, b: int) -> None:
-            """Copy the old map's segments over [a, b) into the new arrays."""
-            j = bisect_right(bs, a) - 1
-            k = bisect_left(bs, b, j + 1)
-            if not (nl and nl[-1] == ZERO and bl[j] == ZERO):
-                ns.append(a)
-                nl.append(bl[j])
-                nf.append(bf[j])
-            if k > j + 1:
-                ns.extend(bs[j + 1 : k])
-                nl.extend(bl[j + 1 : k])
-                nf.extend(bf[j + 1 : k])
-
-        i = first
-        n = len(starts)
-        while i < n:
-            start = starts[i]
-            if start < pos:
-                break  # goes back: the next pass applies it
-            end = min(start + lengths[i], size)
-            if start >= end:
-                i += 1
-                continue
-            if start > pos:
-                copy_base(pos, start)
-            if kinds[i]:
-                ns.append(start)
-                nl.append(layer)
-                nf.append(i)
-            elif not (nl and nl[-1] == ZERO):
-                ns.append(start)
-                nl.append(ZERO)
-                nf.append(0)
-            pos = end
-            i += 1
-        if pos < size:
-            copy_base(pos, size)
-        self.starts, self.layers, self.frames = ns, nl, nf
-        return i
 
     def segment(self, offset: int) -> int:
         """Index of the segment holding byte ``offset``."""
@@ -147,3 +100,79 @@ class ExtentMap:
                 break
             out.append((off, n, zero))
         return out
+
+
+def _overlay_run(
+    base: _Arrays,
+    size: int,
+    layer: int,
+    kinds: Sequence[int],
+    starts: Sequence[int],
+    lengths: Sequence[int],
+    first: int,
+) -> tuple[_Arrays, int]:
+    """Merge sorted, disjoint frames from ``first`` on into new arrays.
+
+    Returns them and the frame where a pass must stop (one that goes back).
+    The old map's segments between frames are copied by slices; adjacent
+    zero segments are merged on the way. This loop is the cost of opening a
+    long chain, hence the local names.
+    """
+    bs, bl, bf = base
+    n_base = len(bs)
+    ns, nl, nf = array("Q"), array("i"), array("I")
+    s_add, l_add, f_add = ns.append, nl.append, nf.append
+    pos = 0  # everything before pos is in the new arrays
+    k = 0  # old segments before k start before pos
+    last_zero = False  # the newest segment reads as zeroes
+    stop = len(starts)
+    frames = zip(range(first, stop), starts[first:], lengths[first:], kinds[first:], strict=True)
+    for i, start, length, data in frames:
+        if start < pos:
+            stop = i  # goes back: the next pass applies it
+            break
+        if start > size:  # the disk shrank since this file
+            start = size
+        if start > pos:  # the old map shows through over [pos, start)
+            # usually pos lies in segment k-1 and start a few segments later
+            j = k - 1 if k and (k == n_base or bs[k] > pos) else bisect_right(bs, pos, k) - 1
+            hi = j + 65
+            if hi >= n_base or bs[hi] >= start:
+                k = bisect_left(bs, start, j + 1, min(hi, n_base))
+            else:
+                k = bisect_left(bs, start, hi)
+            if not (last_zero and bl[j] == ZERO):
+                s_add(pos)
+                l_add(bl[j])
+                f_add(bf[j])
+            if k > j + 1:
+                ns.extend(bs[j + 1 : k])
+                nl.extend(bl[j + 1 : k])
+                nf.extend(bf[j + 1 : k])
+            last_zero = nl[-1] == ZERO
+            pos = start
+        end = start + length
+        if end > size:
+            end = size
+        if start < end:
+            if data:
+                s_add(start)
+                l_add(layer)
+                f_add(i)
+                last_zero = False
+            elif not last_zero:
+                s_add(start)
+                l_add(ZERO)
+                f_add(0)
+                last_zero = True
+            pos = end
+    if pos < size:
+        j = bisect_right(bs, pos, k) - 1
+        if not (last_zero and bl[j] == ZERO):
+            s_add(pos)
+            l_add(bl[j])
+            f_add(bf[j])
+        ns.extend(bs[j + 1 :])
+        nl.extend(bl[j + 1 :])
+        nf.extend(bf[j + 1 :])
+    return (ns, nl, nf), stop

@@ -39,14 +39,15 @@ class PointInTimeView:
         self._readers: list[PayloadReader] = []
         self._cache = DecodedCache(cache_budget)
         with self._stack as stack:
-            self.map = ExtentMap(self.size)
-            for layer, data in enumerate(point.files):
+            for data in point.files:
                 f: BinaryIO = stack.enter_context(open(data.path, "rb"))  # noqa: SIM115
                 index = read_index(f, str(data.path))
                 self._fds.append(f.fileno())
                 self._indexes.append(index)
                 self._readers.append(PayloadReader(f, index, cache_chunks=0))
-                self.map.overlay(layer, index.kinds, index.starts, index.lengths)
+            self.map = ExtentMap.build(
+                self.size, ((i.kinds, i.starts, i.lengths) for i in self._indexes)
+            )
             self._stack = stack.pop_all()
 
     def __enter__(self) -> PointInTimeView:
