@@ -15,10 +15,15 @@ def main() -> None:
     """Online backup and instant recovery for libvirt/KVM virtual machines."""
 
 
-from vbbackup.cli.maintenance import consolidate_command, prune_command  # noqa: E402
+from vbbackup.cli.maintenance import (  # noqa: E402
+    check_command,
+    consolidate_command,
+    prune_command,
+)
 
 main.add_command(prune_command)
 main.add_command(consolidate_command)
+main.add_command(check_command)
 
 from vbbackup.cli.restore import info_command, restore_command, verify_command  # noqa: E402
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vbbackup.engine.check import CheckConfig, check, render
 from vbbackup.engine.consolidate import ConsolidateConfig, consolidate
 from vbbackup.engine.prune import PruneConfig, prune
 
@@ -34,3 +35,26 @@ def prune_command(root: Path, keep_chains: int, dry_run: bool) -> None:
 def consolidate_command(directory: Path, until: str | None) -> None:
     """Merge a chain's full and incrementals into one synthetic full backup."""
     consolidate(ConsolidateConfig(directory=directory, until=until), click.echo)
+
+
+@click.command("check")
+@click.argument("domain")
+@click.option(
+    "-o",
+    "--output",
+    "directory",
+    type=click.Path(path_type=Path),
+    help="Backup directory (chain) of the domain to compare with.",
+)
+@click.option("-c", "--connect", "uri", default="qemu:///system", help="libvirt URI.")
+@click.pass_context
+def check_command(ctx: click.Context, domain: str, directory: Path | None, uri: str) -> None:
+    """Show checkpoints, image bitmaps and the backup chain side by side (read-only).
+
+    Exits 1 when it finds an inconsistency; each comes with the command that fixes it.
+    """
+    report = check(CheckConfig(domain=domain, directory=directory, uri=uri))
+    for line in render(report):
+        click.echo(line)
+    if report.findings:
+        ctx.exit(1)
