@@ -78,3 +78,9 @@ class MountError(VbError):
     """Serving, mounting or booting a backup failed."""
 
     exit_code = 10
+
+
+class BackupInterrupted(VbError):
+    """SIGTERM/SIGHUP during a backup: the job was ended, nothing half-written kept."""
+
+    exit_code = 130
