@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack
+from functools import partial
 from types import TracebackType
 from typing import BinaryIO
 
@@ -114,18 +115,21 @@ class PointInTimeView:
                 continue
             if raw_off >= end:
                 break
-            key = (layer, frame, n)
-            data = self._cache.get(key)
-            if data is None:
-                data = decompress_chunk(reader.pread(csize, file_pos), reader.index.name, file_pos)
-                if len(data) != raw_len:
-                    raise StreamFormatError(
-                        reader.index.name, file_pos, f"lz4 frame decodes to {len(data)} bytes"
-                    )
-                self._cache.put(key, data)
+            data = self._cache.get(
+                (layer, frame, n), partial(_decode, reader, file_pos, csize, raw_len)
+            )
             lo = max(offset, raw_off)
             hi = min(end, raw_off + raw_len)
-            dst[lo - offset : hi - offset] = data[lo - raw_off : hi - raw_off]
+            dst[lo - offset : hi - offset] = memoryview(data)[lo - raw_off : hi - raw_off]
+
+
+def _decode(reader: PayloadReader, file_pos: int, csize: int, raw_len: int) -> bytes:
+    data = decompress_chunk(reader.pread(csize, file_pos), reader.index.name, file_pos)
+    if len(data) != raw_len:
+        raise StreamFormatError(
+            reader.index.name, file_pos, f"lz4 frame decodes to {len(data)} bytes, not {raw_len}"
+        )
+    return data
 
 
 def _fill_zero(dst: memoryview) -> None:
