@@ -1,0 +1,94 @@
+"""Guest-agent freeze: one warning without an agent, thawed on every path with one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libvirt
+import pytest
+
+from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.vm import DiskSpec, MiB, TestVM
+from vbbackup.errors import LibvirtError
+from vbbackup.virt.agent import GuestFreeze
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[TestVM]:
+    missing = capabilities().missing("libvirtd", "qemu")
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    ensure_libvirtd()
+    conn = libvirt.open("qemu:///system")
+    try:
+        with TestVM(conn, [DiskSpec(size=16 * MiB)]) as vm:
+            yield vm
+    finally:
+        conn.close()
+
+
+@pytest.mark.integration
+def test_paused_domain_warns_once_and_goes_on(vm: TestVM) -> None:
+    lines: list[str] = []
+    ran = False
+    with GuestFreeze(vm.dom, warn=lines.append) as freeze:
+        ran = True
+    assert ran and freeze.frozen == 0
+    assert lines == [
+        f"warning: {vm.name}: filesystems not frozen (Requested operation is not valid: "
+        "domain is not running); the backup is crash-consistent"
+    ]
+
+
+@pytest.mark.integration
+def test_running_domain_without_agent_warns_once(vm: TestVM) -> None:
+    assert vm.dom is not None
+    vm.dom.resume()
+    try:
+        lines: list[str] = []
+        with GuestFreeze(vm.dom, ["/"], warn=lines.append):
+            pass
+    finally:
+        vm.dom.suspend()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"warning: {vm.name}: filesystems not frozen (")
+    assert "agent" in lines[0]
+
+
+class _AgentDomain:
+    """Stands in for a domain with a guest agent that answers (no such guest here:
+    the test VMs have no OS). Records the calls so the order can be checked."""
+
+    def __init__(self, thaw_fails: bool = False) -> None:
+        self.calls: list[tuple[str, list[str] | None]] = []
+        self.thaw_fails = thaw_fails
+
+    def name(self) -> str:
+        return "guest"
+
+    def fsFreeze(self, mountpoints: list[str] | None, flags: int) -> int:  # noqa: N802
+        self.calls.append(("freeze", mountpoints))
+        return 2
+
+    def fsThaw(self, mountpoints: list[str] | None, flags: int) -> int:  # noqa: N802
+        self.calls.append(("thaw", mountpoints))
+        if self.thaw_fails:
+            raise libvirt.libvirtError("agent gone")
+        return 2
+
+
+def test_thawed_when_the_checkpoint_fails() -> None:
+    dom = _AgentDomain()
+    freeze = GuestFreeze(dom, ["/", "/var"], warn=pytest.fail)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="backupBegin failed"), freeze:
+        dom.calls.append(("checkpoint", None))
+        raise RuntimeError("backupBegin failed")
+    assert dom.calls == [("freeze", ["/", "/var"]), ("checkpoint", None), ("thaw", ["/", "/var"])]
+
+
+def test_thaw_failure_says_how_to_thaw() -> None:
+    dom = _AgentDomain(thaw_fails=True)
+    freeze = GuestFreeze(dom, warn=pytest.fail)  # type: ignore[arg-type]
+    with pytest.raises(LibvirtError, match=r"could not thaw .*run: virsh domfsthaw guest"), freeze:
+        pass
+    assert dom.calls == [("freeze", None), ("thaw", None)]

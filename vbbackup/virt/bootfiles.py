@@ -1,0 +1,55 @@
+"""Boot files a domain needs besides its disks: kernel, initrd, UEFI loader, NVRAM.
+
+They live outside the disk images, so a restore without them cannot boot
+(direct kernel boot, UEFI variables). Saved next to the data files as
+virtnbdbackup names them, ``<basename>.<ident>`` (``<basename>`` for a
+copy), where its virtnbdrestore finds them too.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxml import etree
+
+from vbbackup import fsutil
+from vbbackup.errors import VbError
+
+BOOT_ELEMENTS = ("kernel", "initrd", "loader", "nvram")
+
+
+@dataclass(frozen=True)
+class BootFile:
+    kind: str  # one of BOOT_ELEMENTS
+    path: Path
+
+
+def boot_files(domain_xml: str | bytes) -> list[BootFile]:
+    """The boot files a domain XML names under ``<os>``, in BOOT_ELEMENTS order."""
+    root = etree.fromstring(domain_xml.encode() if isinstance(domain_xml, str) else domain_xml)
+    found = []
+    for kind in BOOT_ELEMENTS:
+        text = root.findtext(f"os/{kind}")
+        if text and text.strip():
+            found.append(BootFile(kind, Path(text.strip())))
+    return found
+
+
+def save_boot_files(domain_xml: str | bytes, directory: Path, ident: str | None) -> list[Path]:
+    """Copy the domain's boot files into the backup directory; return the copies.
+
+    ``ident`` is the backup's checkpoint name (or unix time); None for a copy.
+    """
+    saved = []
+    for item in boot_files(domain_xml):
+        name = item.path.name if ident is None else f"{item.path.name}.{ident}"
+        target = directory / name
+        try:
+            with open(item.path, "rb") as src, fsutil.atomic_output(target, overwrite=True) as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+        except OSError as err:
+            raise VbError(f"cannot save the {item.kind} file {item.path}: {err.strerror}") from None
+        saved.append(target)
+    return saved
