@@ -1,0 +1,164 @@
+"""``vbbackup full|inc|diff|copy|auto DOMAIN``: the backup commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vbbackup.engine.backup import BackupConfig, DiskResult, Reporter, run_backup
+
+DEFAULT_ROOT = Path("/var/lib/vbbackup")
+_HELP = {
+    "full": "Start a new chain: every allocated range of every disk, checkpoint virtnbdbackup.0.",
+    "inc": "Changes since the chain's last checkpoint; creates the next checkpoint.",
+    "diff": "Changes since the chain's last checkpoint, without advancing the chain.",
+    "copy": "Full data of every disk; creates and touches no checkpoint.",
+    "auto": "`full` into an empty or new directory, else `inc`.",
+}
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class CliReporter(Reporter):
+    """Info lines and a one-line progress display on stderr, summaries per disk."""
+
+    def __init__(self, quiet: bool, progress: bool) -> None:
+        self.quiet = quiet
+        self.progress = progress and not quiet and sys.stderr.isatty()
+        self._lock = threading.Lock()
+        self._totals: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+        self._drawn = 0.0
+
+    def _say(self, line: str) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            if self.progress:
+                click.echo("\r\x1b[K", nl=False, err=True)
+            click.echo(line, err=True)
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        self._say(message)
+
+    def disk_started(self, target: str, total: int) -> None:
+        with self._lock:
+            self._totals[target] = total
+            self._done[target] = 0
+            self._started[target] = time.monotonic()
+
+    def disk_progress(self, target: str, done: int) -> None:
+        if not self.progress:
+            return
+        with self._lock:
+            self._done[target] = done
+            now = time.monotonic()
+            if now - self._drawn < 0.2:
+                return
+            self._drawn = now
+            parts = []
+            for t, total in self._totals.items():
+                got = self._done.get(t, 0)
+                rate = got / max(now - self._started[t], 1e-6)
+                pct = 100 * got // total if total else 100
+                parts.append(f"{t} {pct:3d}% {human(got)}/{human(total)} {human(rate)}/s")
+            click.echo("\r\x1b[K" + " | ".join(parts), nl=False, err=True)
+
+    def disk_done(self, result: DiskResult) -> None:
+        with self._lock:
+            self._totals.pop(result.target, None)
+        self._say(
+            f"{result.target}: {result.level}, {human(result.data_bytes)} data, "
+            f"file {Path(result.path).name} {human(result.file_bytes)}, "
+            f"{result.seconds:.1f} s, {human(result.throughput)}/s"
+        )
+
+
+def _options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every backup level shares."""
+    options = [
+        click.argument("domain"),
+        click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+                     help="Backup directory (one chain); default /var/lib/vbbackup/DOMAIN."),
+        click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
+                     help="libvirt connection URI."),
+        click.option("-i", "--include", multiple=True, metavar="DISK",
+                     help="Back up only this disk (target name, e.g. vda; repeatable)."),
+        click.option("-x", "--exclude", multiple=True, metavar="DISK",
+                     help="Leave this disk out (target name; repeatable)."),
+        click.option("--compress", type=click.IntRange(1, 16), is_flag=False, flag_value=2,
+                     default=None, metavar="[LEVEL]",
+                     help="lz4-compress the streams (level 1-16, default 2)."),
+        click.option("--workers", type=click.IntRange(1, 64),
+                     help="Disks backed up in parallel (default: one per disk)."),
+        click.option("--scratchdir", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path("/var/tmp"), show_default=True,
+                     help="Directory for the job's NBD socket and fleecing scratch files."),
+        click.option("--no-sparse-detection", is_flag=True,
+                     help="inc/diff: write every changed range as data, without zero check."),
+        click.option("--raw", is_flag=True,
+                     help="Include raw and direct-attached disks (copied whole in full/copy)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print a machine-readable summary on stdout."),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option("-v", "--verbose", is_flag=True, help="Also print the run's log lines."),
+        click.option("--no-progress", is_flag=True, help="No progress display."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _make_command(level: str) -> click.Command:
+    @click.command(level, help=_HELP[level])
+    @_options
+    def command(domain: str, output: Path | None, uri: str, include: tuple[str, ...],
+                exclude: tuple[str, ...], compress: int | None, workers: int | None,
+                scratchdir: Path, no_sparse_detection: bool, raw: bool, as_json: bool,
+                quiet: bool, verbose: bool, no_progress: bool) -> None:  # fmt: skip
+        if verbose:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logging.getLogger("vbbackup").addHandler(handler)
+        config = BackupConfig(
+            domain=domain,
+            level=level,
+            output=output or DEFAULT_ROOT / domain,
+            uri=uri,
+            include=include,
+            exclude=exclude,
+            compress=compress,
+            workers=workers,
+            scratch_dir=scratchdir,
+            sparse_detection=not no_sparse_detection,
+            raw=raw,
+        )
+        result = run_backup(config, CliReporter(quiet or verbose, not no_progress))
+        if as_json:
+            click.echo(json.dumps(result.to_dict(), indent=2))
+
+    return command
+
+
+full_command = _make_command("full")
+inc_command = _make_command("inc")
+diff_command = _make_command("diff")
+copy_command = _make_command("copy")
+auto_command = _make_command("auto")
+BACKUP_COMMANDS = (full_command, inc_command, diff_command, copy_command, auto_command)

@@ -1,0 +1,479 @@
+"""``vbbackup full|inc|diff|copy|auto``: one run of the backup engine.
+
+Order of a run, so that a crash at any point leaves a restorable set:
+lock the domain -> inspect disks -> plan checkpoints -> begin the pull job
+(creates the new checkpoint) -> side files -> one stream per disk, each to
+``*.partial`` and renamed when complete -> ``DOMAIN.cpt`` last -> end the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
+from vbbackup.engine.diskstream import copy_extents
+from vbbackup.engine.lock import domain_lock
+from vbbackup.errors import ChainError, LibvirtError, UsageError, VbError
+from vbbackup.format import StreamMeta, StreamWriter
+from vbbackup.fsutil import atomic_output, write_checksum
+from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
+from vbbackup.virt import (
+    BackupJob,
+    Checkpoints,
+    DomainDisk,
+    JobDisk,
+    checkpoint_index,
+    domain_disks,
+    image_info,
+    libvirt_connection,
+    lookup_domain,
+)
+from vbbackup.virt.checkpoints import checkpoint_name, checkpoint_xml
+from vbbackup.virt.imageinfo import qcow2_compat
+from vbbackup.virt.job import end_stale_job
+
+AUTO = "auto"
+LEVELS = (FULL, INC, DIFF, COPY, AUTO)
+MiB = 1024 * 1024
+log = logging.getLogger("vbbackup.backup")
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """Everything one run needs; built by the CLI, never a click context."""
+
+    domain: str
+    level: str
+    output: Path
+    uri: str = "qemu:///system"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    compress: int | None = None  # lz4 level, None: uncompressed
+    workers: int | None = None  # disks in parallel, None: one per disk
+    scratch_dir: Path = Path("/var/tmp")
+    sparse_detection: bool = True
+    raw: bool = False
+    request_size: int = 8 * MiB
+    in_flight: int = 4
+
+
+@dataclass
+class DiskResult:
+    target: str
+    level: str
+    path: str
+    data_bytes: int
+    zero_bytes: int
+    file_bytes: int
+    seconds: float
+
+    @property
+    def throughput(self) -> float:
+        """Data bytes per second."""
+        return self.data_bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class BackupResult:
+    domain: str
+    level: str
+    directory: str
+    checkpoint: str | None
+    disks: list[DiskResult] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Reporter:
+    """What a run tells its user; the CLI overrides these (thread-safe there)."""
+
+    def info(self, message: str) -> None:
+        log.info(message)
+
+    def disk_started(self, target: str, total: int) -> None:
+        pass
+
+    def disk_progress(self, target: str, done: int) -> None:
+        pass
+
+    def disk_done(self, result: DiskResult) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _DiskPlan:
+    disk: DomainDisk
+    level: str  # FULL, INC, DIFF or COPY (raw disks in a full run: COPY)
+    path: Path
+    incremental: bool
+    checkpoint: str
+    parent: str | None
+
+
+def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> BackupResult:
+    """Back up one running domain into ``config.output``; see the module docstring."""
+    reporter = reporter or Reporter()
+    if config.level not in LEVELS:
+        raise UsageError(f"unknown backup level {config.level!r} (one of {', '.join(LEVELS)})")
+    started = time.monotonic()
+    out = BackupDir(config.output, config.domain)
+    with ExitStack() as stack:
+        conn = stack.enter_context(libvirt_connection(config.uri))
+        dom = lookup_domain(conn, config.domain)
+        stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
+        out.create()
+        level = _resolve_level(config.level, out)
+        stack.enter_context(_run_log(out, level))
+        log.info("vbbackup %s of %s into %s", level, config.domain, out.path)
+        if not dom.isActive():
+            raise LibvirtError(
+                f"domain {config.domain!r} is not running: vbbackup backs up running domains "
+                f"(start it, paused is enough: virsh start --paused {config.domain})"
+            )
+        stale = end_stale_job(dom)
+        if stale:
+            reporter.info(f"ended a backup job left by a run that died (socket {stale})")
+        domain_xml = dom.XMLDesc(0)
+        chosen, skipped = select_disks(domain_disks(domain_xml), config, level)
+        for target, why in skipped.items():
+            reporter.info(f"{target}: skipped: {why}")
+        infos = {d.target: image_info(d.path) for d in chosen if d.path and d.type != "network"}
+        _check_bitmap_capable(chosen, infos, level)
+
+        cps = Checkpoints(dom)
+        chain = out.checkpoints()
+        parent, new_cp, meta_cp = _plan_checkpoints(level, out, cps, chain, chosen, reporter)
+        ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[level]
+        plans = [_plan_disk(d, level, out, ident or "", meta_cp, parent) for d in chosen]
+        leftovers = out.partial_files()
+        if level == INC:  # streams of a checkpoint that never made it into the chain
+            leftovers += [p.path for p in plans if p.path.exists()]
+        if leftovers:
+            names = ", ".join(p.name for p in leftovers)
+            reporter.info(f"removing files left by a run that did not finish: {names}")
+            out.remove(leftovers)
+        for plan in plans:
+            if plan.path.exists():
+                raise VbError(f"{plan.path} already exists; refusing to overwrite it")
+
+        chain_targets = [p.disk.target for p in plans if p.level != COPY]
+        others = [d.target for d in domain_disks(domain_xml) if d.target not in chain_targets]
+        job = stack.enter_context(
+            BackupJob(
+                dom,
+                [p.disk.target for p in plans],
+                [d.target for d in domain_disks(domain_xml) if d not in chosen],
+                config.scratch_dir,
+                incremental=parent if level in (INC, DIFF) else None,
+                checkpoint_xml=checkpoint_xml(new_cp, chain_targets, others) if new_cp else None,
+            )
+        )
+        if new_cp:
+            out.save_checkpoint_xml(new_cp, cps.dump(new_cp))
+        out.save_vmconfig(ident or COPY, domain_xml)
+        for target, info in infos.items():
+            out.save_image_info(target, ident or COPY, info)
+
+        results = _backup_disks(job, plans, config, reporter)
+        if new_cp:
+            out.write_checkpoints([*(chain if level == INC else []), new_cp])
+        result = BackupResult(
+            domain=config.domain,
+            level=level,
+            directory=str(out.path),
+            checkpoint=new_cp,
+            disks=results,
+            skipped=skipped,
+        )
+        result.seconds = time.monotonic() - started
+        log.info("done in %.1f s", result.seconds)
+        return result
+
+
+def _resolve_level(level: str, out: BackupDir) -> str:
+    """``auto``: full into an empty or new directory, inc where a chain is."""
+    if level != AUTO:
+        return level
+    if out.checkpoints():
+        return INC
+    if not [p for p in out.data_files() if not p.name.endswith(".copy.data")]:
+        return FULL
+    raise ChainError(
+        f"{out.path} holds backup files but no {out.cpt_path.name}: "
+        "`auto` cannot tell what to do; use a new directory"
+    )
+
+
+@contextmanager
+def _run_log(out: BackupDir, level: str) -> Iterator[None]:
+    """``backup.<level>.<time>.log`` in the output directory: the run's own log."""
+    stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    handler = logging.FileHandler(out.log_path(level, stamp))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("vbbackup")
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    except BaseException as err:
+        log.error("failed: %s", err)
+        raise
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def select_disks(
+    disks: list[DomainDisk], config: BackupConfig, level: str
+) -> tuple[list[DomainDisk], dict[str, str]]:
+    """The disks this run backs up, and why each other one is left out."""
+    targets = {d.target for d in disks}
+    for name in (*config.include, *config.exclude):
+        if name not in targets:
+            raise UsageError(
+                f"domain {config.domain!r} has no disk {name!r} "
+                f"(disks: {', '.join(sorted(targets))})"
+            )
+    chosen: list[DomainDisk] = []
+    skipped: dict[str, str] = {}
+    for d in disks:
+        if config.include and d.target not in config.include:
+            skipped[d.target] = "not included"
+        elif d.target in config.exclude:
+            skipped[d.target] = "excluded"
+        elif d.removable:
+            skipped[d.target] = f"{d.device} drives are never backed up"
+        elif d.path is None and d.type != "network":
+            skipped[d.target] = "no medium"
+        elif not d.bitmap_capable and not config.raw:
+            kind = "direct-attached LUN" if d.device == "lun" else f"{d.format or 'raw'} image"
+            skipped[d.target] = f"{kind} cannot carry checkpoints (--raw copies it whole)"
+        elif not d.bitmap_capable and level in (INC, DIFF):
+            skipped[d.target] = f"{d.format or 'raw'} disk: only full and copy back it up"
+        else:
+            chosen.append(d)
+    if not chosen:
+        raise UsageError(
+            f"nothing to back up in domain {config.domain!r}: "
+            + "; ".join(f"{t}: {why}" for t, why in skipped.items())
+        )
+    return chosen, skipped
+
+
+def _check_bitmap_capable(
+    disks: list[DomainDisk], infos: dict[str, dict[str, Any]], level: str
+) -> None:
+    if level == COPY:
+        return
+    for d in disks:
+        info = infos.get(d.target)
+        if d.bitmap_capable and info is not None and qcow2_compat(info) == "0.10":
+            raise LibvirtError(
+                f"disk {d.target} ({d.path}) is a qcow2 v2 image (compat=0.10), which cannot "
+                f"hold the dirty bitmaps of checkpoints: back it up with `vbbackup copy`, or "
+                f"upgrade it (domain shut off) with `qemu-img amend -o compat=1.1 {d.path}`"
+            )
+
+
+def _plan_checkpoints(
+    level: str,
+    out: BackupDir,
+    cps: Checkpoints,
+    chain: list[str],
+    disks: list[DomainDisk],
+    reporter: Reporter,
+) -> tuple[str | None, str | None, str]:
+    """(incremental parent, checkpoint to create, checkpoint name for the meta)."""
+    if level == COPY:
+        return None, None, ""
+    if level == FULL:
+        out.check_new_chain()
+        deleted = cps.delete([*cps.names(), *chain])
+        if deleted:
+            reporter.info(f"deleted the old chain's checkpoints {', '.join(deleted)}")
+        first = checkpoint_name(0)
+        return None, first, first
+    if not chain:
+        raise ChainError(
+            f"no full backup in {out.path} ({out.cpt_path.name} is missing): "
+            f"run `vbbackup full {out.domain} -o {out.path}` first"
+        )
+    for d in disks:
+        if d.bitmap_capable and not out.data_path(d.target, FULL, "").exists():
+            raise ChainError(
+                f"disk {d.target} has no full backup in {out.path} (added after the full?): "
+                "start a new chain with `vbbackup full` into a new directory"
+            )
+    parent = chain[-1]
+    index = checkpoint_index(parent)
+    if index is None:
+        raise ChainError(f"{out.cpt_path}: {parent!r} is not a virtnbdbackup.N checkpoint")
+    _ensure_chain_checkpoints(out, cps, chain)
+    stale = [n for n in cps.names() if n not in chain]
+    if stale:
+        cps.delete(stale)
+        reporter.info(f"deleted checkpoints {', '.join(stale)} of a run that did not finish")
+    following = checkpoint_name(index + 1)
+    return parent, (following if level == INC else None), following
+
+
+def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]) -> None:
+    """Redefine checkpoints libvirt lost (host reinstall, domain moved) from saved XML."""
+    present = set(cps.names())
+    for name in chain:
+        if name in present:
+            continue
+        xml = out.checkpoint_xml(name)
+        try:
+            if xml is None:
+                raise LibvirtError(f"no {out.path}/checkpoints/{name}.xml")
+            cps.redefine(xml)
+        except LibvirtError as err:
+            raise ChainError(
+                f"checkpoint {name} of the chain in {out.path} is gone from domain "
+                f"{out.domain!r} and cannot be redefined ({err}); a full backup elsewhere "
+                "may have started a new chain: run `vbbackup full` into a new directory"
+            ) from None
+
+
+def _plan_disk(
+    disk: DomainDisk, level: str, out: BackupDir, ident: str, meta_cp: str, parent: str | None
+) -> _DiskPlan:
+    disk_level = level if disk.bitmap_capable else COPY
+    return _DiskPlan(
+        disk=disk,
+        level=disk_level,
+        path=out.data_path(disk.target, disk_level, ident),
+        incremental=disk_level in (INC, DIFF),
+        checkpoint=meta_cp if disk_level != COPY else "",
+        parent=parent if disk_level in (INC, DIFF) else None,
+    )
+
+
+def _backup_disks(
+    job: BackupJob, plans: list[_DiskPlan], config: BackupConfig, reporter: Reporter
+) -> list[DiskResult]:
+    """All disks, ``config.workers`` at a time; the first failure stops the others."""
+    stop = threading.Event()
+    workers = max(1, config.workers or len(plans))
+    compress_threads = max(1, os.cpu_count() or 1) if config.compress is not None else 0
+    with ThreadPoolExecutor(workers, "disk") as disks, ExitStack() as stack:
+        pool = (
+            stack.enter_context(ThreadPoolExecutor(compress_threads, "lz4"))
+            if compress_threads
+            else None
+        )
+        futures: list[Future[DiskResult]] = [
+            disks.submit(
+                _backup_disk, job.socket, job.disks[p.disk.target], p, config, pool, stop, reporter
+            )  # fmt: skip
+            for p in plans
+        ]
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    fut.result()
+        except BaseException:
+            stop.set()
+            raise
+    return [f.result() for f in futures]
+
+
+def _backup_disk(
+    socket: Path,
+    jd: JobDisk,
+    plan: _DiskPlan,
+    config: BackupConfig,
+    pool: ThreadPoolExecutor | None,
+    stop: threading.Event,
+    reporter: Reporter,
+) -> DiskResult:
+    started = time.monotonic()
+    target = plan.disk.target
+    with NbdReader(
+        socket=socket,
+        export=jd.export,
+        bitmap=jd.bitmap if plan.incremental else None,
+        request_size=config.request_size,
+        in_flight=config.in_flight,
+    ) as reader:
+        allocation, dirty = reader.extents()
+        extents = _extents_to_write(plan, allocation, dirty, config.sparse_detection)
+        meta = StreamMeta(
+            virtual_size=reader.size,
+            data_size=data_size(extents),
+            date=datetime.now().isoformat(),
+            disk_name=target,
+            disk_format=plan.disk.format or "raw",
+            checkpoint_name=plan.checkpoint,
+            parent_checkpoint=plan.parent,
+            incremental=plan.incremental,
+            compressed=config.compress if config.compress is not None else False,
+        )
+        reporter.disk_started(target, meta.data_size)
+        log.info("%s: %d extents, %d data bytes -> %s", target, len(extents), meta.data_size,
+                 plan.path.name)  # fmt: skip
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            reporter.disk_progress(target, done)
+
+        try:
+            with atomic_output(plan.path) as f:
+                writer = StreamWriter(f, meta)
+                copy_extents(
+                    reader,
+                    extents,
+                    writer,
+                    pool=pool,
+                    level=config.compress or 0,
+                    stop=stop,
+                    progress=progress,
+                )
+                writer.finish()
+            write_checksum(plan.path, writer.checksum)
+        except OSError as err:
+            raise VbError(f"cannot write {plan.path}: {err.strerror or err}") from None
+    result = DiskResult(
+        target=target,
+        level=plan.level,
+        path=str(plan.path),
+        data_bytes=meta.data_size,
+        zero_bytes=sum(e.length for e in extents if e.zero),
+        file_bytes=plan.path.stat().st_size,
+        seconds=time.monotonic() - started,
+    )
+    log.info("%s: %d data bytes, file %d bytes, %.1f s", target, result.data_bytes,
+             result.file_bytes, result.seconds)  # fmt: skip
+    reporter.disk_done(result)
+    return result
+
+
+def _extents_to_write(
+    plan: _DiskPlan, allocation: list[Extent], dirty: list[tuple[int, int]], sparse: bool
+) -> list[Extent]:
+    """Full/copy: the whole allocation map. Inc/diff: dirty ranges, zero where they now are."""
+    if not plan.incremental:
+        return allocation
+    if sparse:
+        return changed_extents(dirty, allocation)
+    return [Extent(start, length, False) for start, length in dirty]

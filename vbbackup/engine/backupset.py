@@ -1,0 +1,130 @@
+"""The output-directory side of a backup: file names, ``.cpt``, side files, leftovers.
+
+One directory holds one chain (see FORMAT-FACTS / docs/format.md)::
+
+    DOMAIN.cpt                         ["virtnbdbackup.0", "virtnbdbackup.1"]
+    checkpoints/virtnbdbackup.1.xml    checkpoint XML (to redefine lost checkpoints)
+    vmconfig.virtnbdbackup.1.xml       domain XML of that backup
+    vda.virtnbdbackup.1.qcow.json      qemu-img info of the image
+    vda.full.data, vda.inc.virtnbdbackup.1.data, vda.diff.1764140000.data, vda.copy.data
+    backup.inc.2026-11-26T07-00-00.log
+
+``DOMAIN.cpt`` is written last: a checkpoint is part of the chain only once
+every disk's stream of it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from vbbackup.errors import ChainError, TargetExistsError, VbError
+from vbbackup.fsutil import PARTIAL_SUFFIX, write_small_file
+
+FULL, INC, DIFF, COPY = "full", "inc", "diff", "copy"
+
+
+class BackupDir:
+    """Names and side files of one domain's backup directory."""
+
+    def __init__(self, path: Path, domain: str) -> None:
+        self.path = path
+        self.domain = domain
+        self.cpt_path = path / f"{domain}.cpt"
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "checkpoints").mkdir(exist_ok=True)
+        except OSError as err:
+            raise VbError(f"cannot create output directory {self.path}: {err.strerror}") from None
+        probe = self.path / f".vbbackup-write-test{PARTIAL_SUFFIX}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise VbError(f"cannot write to output directory {self.path}: {err.strerror}") from None
+
+    # -- the chain ----------------------------------------------------------------------
+
+    def checkpoints(self) -> list[str]:
+        """The chain's checkpoint names from ``DOMAIN.cpt``; [] when there is none."""
+        try:
+            text = self.cpt_path.read_text()
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise ChainError(f"cannot read {self.cpt_path}: {err.strerror}") from None
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError:
+            raise ChainError(f"{self.cpt_path} is not a JSON list of checkpoint names") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ChainError(f"{self.cpt_path} is not a JSON list of checkpoint names")
+        return names
+
+    def write_checkpoints(self, names: list[str]) -> None:
+        write_small_file(self.cpt_path, json.dumps(names).encode())
+
+    # -- file names ---------------------------------------------------------------------
+
+    def data_path(self, disk: str, level: str, ident: str) -> Path:
+        """``vda.full.data``, ``vda.inc.<cp>.data``, ``vda.diff.<time>.data``, ``vda.copy.data``."""
+        if level == INC:
+            return self.path / f"{disk}.inc.{ident}.data"
+        if level == DIFF:
+            return self.path / f"{disk}.diff.{ident}.data"
+        return self.path / f"{disk}.{level}.data"
+
+    def data_files(self) -> list[Path]:
+        """Complete stream files (``*.data``; partials end in ``.partial``)."""
+        return sorted(self.path.glob("*.data"))
+
+    def partial_files(self) -> list[Path]:
+        return sorted(self.path.glob(f"*{PARTIAL_SUFFIX}"))
+
+    def remove(self, paths: list[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                path.with_name(path.name + ".chksum").unlink()
+
+    def log_path(self, level: str, stamp: str) -> Path:
+        return self.path / f"backup.{level}.{stamp}.log"
+
+    # -- side files ---------------------------------------------------------------------
+
+    def save_checkpoint_xml(self, name: str, xml: str) -> None:
+        write_small_file(self.path / "checkpoints" / f"{name}.xml", xml.encode())
+
+    def checkpoint_xml(self, name: str) -> str | None:
+        try:
+            return (self.path / "checkpoints" / f"{name}.xml").read_text()
+        except FileNotFoundError:
+            return None
+
+    def save_vmconfig(self, ident: str, xml: str) -> None:
+        write_small_file(self.path / f"vmconfig.{ident}.xml", xml.encode())
+
+    def save_image_info(self, disk: str, ident: str, info: dict[str, Any]) -> None:
+        write_small_file(self.path / f"{disk}.{ident}.qcow.json", json.dumps(info).encode())
+
+    # -- preconditions ------------------------------------------------------------------
+
+    def check_new_chain(self) -> None:
+        """A full backup starts a chain: refuse a directory that holds one already."""
+        if self.cpt_path.exists():
+            raise TargetExistsError(
+                f"{self.path} already holds a backup chain ({self.cpt_path.name}); "
+                "a full backup starts a new chain: use a new directory "
+                f"(e.g. -o {self.path}/NEW) or `inc`"
+            )
+        stray = [p.name for p in self.data_files() if not p.name.endswith(".copy.data")]
+        if stray:
+            raise TargetExistsError(
+                f"{self.path} holds {stray[0]} but no {self.cpt_path.name}: an earlier "
+                "full backup did not finish; remove those files or use a new directory"
+            )

@@ -1,0 +1,105 @@
+"""Copy one disk from its NBD export into a stream file, in order, with overlap.
+
+Three things run at once: libnbd reads (several requests in flight), lz4
+compression of earlier pieces in worker threads (lz4 releases the GIL), and
+the writer, which takes finished pieces strictly in disk order::
+
+    NBD  [r5][r6][r7][r8]  ->  pool  (c3)(c4)  ->  file  ...|d1|d2|
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+from vbbackup.errors import BackupInterrupted
+from vbbackup.format import StreamWriter, compress_chunk
+from vbbackup.nbdio import Extent, NbdReader, pieces
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class _Chunk:
+    """One read piece on its way to the file: raw bytes or a compression future."""
+
+    raw_length: int
+    raw: bytearray | None = None
+    frame: Future[bytes] | None = None
+
+
+def copy_extents(
+    reader: NbdReader,
+    extents: list[Extent],
+    writer: StreamWriter,
+    *,
+    pool: Executor | None,
+    level: int,
+    stop: threading.Event,
+    progress: Progress,
+    max_pending: int = 4,
+) -> None:
+    """Write ``extents`` (data read from ``reader``, zero as zero frames) through ``writer``.
+
+    ``pool`` compresses when the stream is compressed; at most ``max_pending``
+    pieces wait for it, so memory stays at a few request sizes.
+    """
+    queue: deque[_Chunk | tuple[str, int, int]] = deque()
+    reads = reader.read_pieces(pieces(extents, reader.request_size))
+
+    def drain(limit: int) -> None:
+        waiting = sum(isinstance(item, _Chunk) for item in queue)
+        while queue and (waiting > limit or _ready(queue[0])):
+            item = queue.popleft()
+            waiting -= isinstance(item, _Chunk)
+            _emit(writer, item, progress)
+
+    try:
+        for ext in extents:
+            if ext.zero:
+                queue.append(("zero", ext.start, ext.length))
+                drain(max_pending)
+                continue
+            queue.append(("begin", ext.start, ext.length))
+            done = 0
+            while done < ext.length:
+                if stop.is_set():
+                    raise BackupInterrupted("stopped")
+                _start, buf = next(reads)
+                done += len(buf)
+                if writer.compressed and pool is not None:
+                    queue.append(_Chunk(len(buf), frame=pool.submit(compress_chunk, buf, level)))
+                else:
+                    queue.append(_Chunk(len(buf), raw=buf))
+                drain(max_pending)
+            queue.append(("end", 0, 0))
+        drain(0)
+    finally:
+        reads.close()
+        for item in queue:
+            if isinstance(item, _Chunk) and item.frame is not None:
+                item.frame.cancel()
+
+
+def _ready(item: _Chunk | tuple[str, int, int]) -> bool:
+    return not isinstance(item, _Chunk) or item.frame is None or item.frame.done()
+
+
+def _emit(writer: StreamWriter, item: _Chunk | tuple[str, int, int], progress: Progress) -> None:
+    if isinstance(item, _Chunk):
+        if item.frame is not None:
+            writer.write_compressed_chunk(item.frame.result(), item.raw_length)
+        else:
+            writer.write_chunk(item.raw if item.raw is not None else b"")
+        progress(item.raw_length)
+        return
+    kind, start, length = item
+    if kind == "zero":
+        writer.write_zero(start, length)
+    elif kind == "begin":
+        writer.begin_data(start, length)
+    else:
+        writer.end_data()
