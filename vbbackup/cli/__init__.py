@@ -30,3 +30,8 @@ from vbbackup.cli.restore import info_command, restore_command, verify_command  
 main.add_command(restore_command)
 main.add_command(info_command)
 main.add_command(verify_command)
+
+from vbbackup.cli.backup import BACKUP_COMMANDS  # noqa: E402
+
+for _command in BACKUP_COMMANDS:
+    main.add_command(_command)
