@@ -1,9 +1,11 @@
-"""Backup sets made by Debian's real virtnbdbackup on a harness VM.
+"""Backup sets made by Debian's real virtnbdbackup (or by vbbackup) on a harness VM.
 
     steps = default_steps(vm.disk_size("vda"))
     points = make_virtnbdbackup_chain(vm, tmp_path / "set", compress=True,
                                       writes_per_step=steps)
     # [("virtnbdbackup.0", expected_0.raw), ("virtnbdbackup.1", ...), ...]
+    points = make_vbbackup_chain(vm, tmp_path / "ours", compress=False,
+                                 writes_per_step=steps)
 
 Step k's writes go into the live disk, then virtnbdbackup runs at level
 ``levels[k]`` (full, then inc; "diff" for a differential), then the harness's
@@ -15,7 +17,8 @@ Point names are those ``vbbackup.chain`` uses (a differential is
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.harness.vm import TestVM
@@ -65,6 +68,20 @@ def run_virtnbdbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -
         raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
 
 
+def run_vbbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -> None:
+    """One ``vbbackup LEVEL`` run (the project's CLI from the same venv)."""
+    argv = [
+        sys.executable, "-c", "from vbbackup.cli import main; main()",
+        level, vm.name, "-o", str(outdir),
+        "--scratchdir", str(vm.dir), "--no-progress", "-q",
+    ]  # fmt: skip
+    if compress:
+        argv.append("--compress")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+
+
 def make_virtnbdbackup_chain(
     vm: TestVM,
     outdir: Path,
@@ -74,7 +91,32 @@ def make_virtnbdbackup_chain(
     levels: Sequence[str] | None = None,
     target: str = "vda",
 ) -> list[tuple[str, Path]]:
-    """Write, back up, snapshot the expected image; once per step."""
+    """Write, back up with virtnbdbackup, snapshot the expected image; once per step."""
+    return _make_chain(run_virtnbdbackup, vm, outdir, compress, writes_per_step, levels, target)
+
+
+def make_vbbackup_chain(
+    vm: TestVM,
+    outdir: Path,
+    *,
+    compress: bool,
+    writes_per_step: Sequence[Sequence[Op]],
+    levels: Sequence[str] | None = None,
+    target: str = "vda",
+) -> list[tuple[str, Path]]:
+    """The same with ``vbbackup full/inc/diff``."""
+    return _make_chain(run_vbbackup, vm, outdir, compress, writes_per_step, levels, target)
+
+
+def _make_chain(
+    run: Callable[..., None],
+    vm: TestVM,
+    outdir: Path,
+    compress: bool,
+    writes_per_step: Sequence[Sequence[Op]],
+    levels: Sequence[str] | None,
+    target: str,
+) -> list[tuple[str, Path]]:
     levels = list(levels or ["full"] + ["inc"] * (len(writes_per_step) - 1))
     if len(levels) != len(writes_per_step) or levels[0] != "full":
         raise ValueError("one level per step, starting with full")
@@ -83,7 +125,7 @@ def make_virtnbdbackup_chain(
     for ops, level in zip(writes_per_step, levels, strict=True):
         apply_ops(vm, target, ops)
         before = set(outdir.glob(f"{target}.diff.*.data")) if outdir.exists() else set()
-        run_virtnbdbackup(vm, outdir, level, compress=compress)
+        run(vm, outdir, level, compress=compress)
         if level == "diff":
             (new,) = set(outdir.glob(f"{target}.diff.*.data")) - before
             name = "diff." + new.name.split(".")[2]

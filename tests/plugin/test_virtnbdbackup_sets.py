@@ -1,9 +1,10 @@
-"""Chains made by the real virtnbdbackup, served by real nbdkit through vbmount."""
+"""Chains made by the real virtnbdbackup and by vbbackup, served by real nbdkit."""
 
 from __future__ import annotations
 
 import json
 import shlex
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,12 @@ import pytest
 
 from tests.harness.libvirtd import capabilities, ensure_libvirtd
 from tests.harness.vm import DiskSpec, TestVM
-from tests.integration.vnb_sets import MiB, default_steps, make_virtnbdbackup_chain
+from tests.integration.vnb_sets import (
+    MiB,
+    default_steps,
+    make_vbbackup_chain,
+    make_virtnbdbackup_chain,
+)
 from tests.plugin.nbdkit_run import run_captive
 from vbbackup.chain import BackupSet, open_view
 
@@ -22,38 +28,63 @@ SIZE = 32 * MiB
 
 @pytest.fixture(scope="module")
 def vnb_vm() -> Iterator[TestVM]:
+    """Holds the libvirt connection; each set gets a VM of its own (fresh disk)."""
     missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup", "nbdkit_python")
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
     ensure_libvirtd()
     conn = libvirt.open("qemu:///system")
     try:
-        with TestVM(conn, [DiskSpec(size=SIZE)]) as vm:
+        with TestVM(conn, [DiskSpec(size=MiB)]) as vm:
             yield vm
     finally:
         conn.close()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "lz4"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("virtnbdbackup", False),
+        ("virtnbdbackup", True),
+        ("vbbackup", False),
+        ("vbbackup", True),
+    ],
+    ids=["virtnbdbackup-plain", "virtnbdbackup-lz4", "vbbackup-plain", "vbbackup-lz4"],
+)
 def vnb_set(
     request: pytest.FixtureRequest, vnb_vm: TestVM, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, list[tuple[str, Path]]]:
-    outdir = tmp_path_factory.mktemp("vnb") / "set"
+    """One chain per tool and compression, each on a fresh VM's disk."""
+    tool, compress = request.param
+    outdir = tmp_path_factory.mktemp(tool) / "set"
     steps = default_steps(SIZE)
     steps.append([("write", 3 * MiB, MiB, 0x77)])  # a differential on top of the last inc
-    points = make_virtnbdbackup_chain(
-        vnb_vm,
-        outdir,
-        compress=request.param,
-        writes_per_step=steps,
-        levels=["full", "inc", "inc", "diff"],
-    )
-    return outdir, points
+    make = make_virtnbdbackup_chain if tool == "virtnbdbackup" else make_vbbackup_chain
+    with TestVM(vnb_vm.conn, [DiskSpec(size=SIZE)]) as vm:
+        points = make(
+            vm,
+            outdir,
+            compress=compress,
+            writes_per_step=steps,
+            levels=["full", "inc", "inc", "diff"],
+        )
+        # the expected images live in the VM's directory: keep copies
+        kept = []
+        for name, image in points:
+            copy = outdir.parent / image.name
+            shutil.copyfile(image, copy)
+            kept.append((name, copy))
+    return outdir, kept
 
 
 def test_points_match_the_chain(vnb_set: tuple[Path, list[tuple[str, Path]]]) -> None:
     outdir, points = vnb_set
-    assert [p.name for p in BackupSet(outdir).points()] == [name for name, _ in points]
+    bset = BackupSet(outdir)
+    assert [p.name for p in bset.points()] == [name for name, _ in points]
+    info = bset.disk_info()
+    assert (info.name, info.virtual_size, info.disk_format) == ("vda", SIZE, "qcow2")
+    qemu = bset.qemu_info(bset.resolve(until="virtnbdbackup.1"))
+    assert qemu is not None and qemu["virtual-size"] == SIZE
 
 
 def test_every_point_compares_equal(vnb_set: tuple[Path, list[tuple[str, Path]]]) -> None:
