@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from pathlib import Path
 
 from vbbackup.errors import MountError
 from vbmount import proc
 
 FUSE_FILE = "disk"
+DETACH_TIMEOUT = 30.0
 
 
 def kernel_nbd_available() -> bool:
@@ -89,8 +91,16 @@ def loop_backing(device: str) -> str | None:
 
 def detach_loop(device: str, backing: str) -> None:
     """Detach `device` if it still shows `backing` (loop numbers are reused)."""
-    if loop_backing(device) == backing:
-        proc.run_tool(["losetup", "--detach", device], what=f"detaching {device}")
+    if loop_backing(device) != backing:
+        return
+    proc.run_tool(["losetup", "--detach", device], what=f"detaching {device}")
+    # The kernel finishes a detach when the last opener is gone, maybe after losetup
+    # returned; until then the loop still holds the FUSE file open.
+    deadline = time.monotonic() + DETACH_TIMEOUT
+    while loop_backing(device) == backing:
+        if time.monotonic() > deadline:
+            raise MountError(f"{device} is still attached to {backing}")
+        time.sleep(0.02)
 
 
 # -- nbdfuse --------------------------------------------------------------------------

@@ -82,6 +82,39 @@ def spawn_daemon(
     return proc.pid
 
 
+def start_forking_daemon(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    pidfile: Path,
+    log: Path,
+    timeout: float = READY_TIMEOUT,
+) -> int:
+    """Start a daemon that forks into the background itself (nbdkit without --foreground).
+
+    The command returns once it listens (its exit status says whether it could);
+    the background child then writes `pidfile`. nbdkit in the foreground ties
+    itself to its parent (PR_SET_PDEATHSIG), so it would die with vbmount.
+    """
+    argv = [os.fspath(a) for a in args]
+    pidfile.unlink(missing_ok=True)
+    with open(log, "ab") as log_file:
+        try:
+            done = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, check=False, timeout=timeout,
+            )  # fmt: skip
+        except FileNotFoundError:
+            raise MountError(f"{argv[0]} is not installed") from None
+    if done.returncode != 0:
+        raise MountError(f"{Path(argv[0]).name} failed: {last_line(read_log(log))}")
+    deadline = time.monotonic() + timeout
+    while not _pid_written(pidfile):
+        if time.monotonic() > deadline:
+            raise MountError(f"{Path(argv[0]).name} wrote no pid file {pidfile}")
+        time.sleep(_POLL)
+    return int(pidfile.read_text().strip())
+
+
 def _pid_written(pidfile: Path) -> bool:
     try:
         return pidfile.read_text().strip().isdigit()

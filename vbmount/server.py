@@ -5,9 +5,9 @@
         server.uri     # nbd+unix:///?socket=/run/x/vda.sock
 
 ``NbdkitServer`` takes any nbdkit plugin and arguments (tests serve plain images
-with ``["file", "disk.raw"]``). It runs nbdkit in the foreground of its own
-session with output in a log file, and is ready when nbdkit wrote its pid file
-(nbdkit writes it once it listens). ``detach()`` leaves it running after we
+with ``["file", "disk.raw"]``). nbdkit forks into the background by itself once
+it listens (startup errors go to a log file) and is ready when its pid file
+exists. ``detach()`` leaves it running after we
 exit; ``stop_server`` ends it later from another process.
 """
 
@@ -57,10 +57,8 @@ class NbdkitServer:
         """A string of nbdkit's command line that identifies this server."""
         return str(self.socket) if self.socket is not None else f"--port={self.port}"
 
-    def command(self, *, foreground: bool = True) -> list[str]:
+    def command(self) -> list[str]:
         argv = ["nbdkit", "--pidfile", str(self.pidfile)]
-        if foreground:
-            argv.append("--foreground")
         if self.socket is not None:
             argv += ["--unix", str(self.socket)]
         else:
@@ -72,7 +70,7 @@ class NbdkitServer:
     def start(self) -> NbdkitServer:
         if self.socket is not None and self.socket.exists():
             raise MountError(f"socket {self.socket} already exists (another server?)")
-        self.pid = proc.spawn_daemon(self.command(), pidfile=self.pidfile, log=self.log)
+        self.pid = proc.start_forking_daemon(self.command(), pidfile=self.pidfile, log=self.log)
         return self
 
     def detach(self) -> None:
