@@ -3,23 +3,28 @@
     nbdkit python nbdkit_plugin/vbmount.py dir=DIR [disk=vda] [until=CHECKPOINT]
     nbdkit python nbdkit_plugin/vbmount.py dir=DIR file=vda.full.data,vda.inc.X.data
 
-Read-only (add nbdkit's ``cow`` filter for a writable view); all the work
-is in ``vbbackup.chain``, opened once in ``get_ready`` and shared by every
+Read-only: the export says so, and nbdkit refuses writes (EPERM, as the NBD
+protocol has it); add ``--filter=cow`` for a writable view. All the work is
+in ``vbbackup.chain``, opened once in ``get_ready``, shared by every
 connection and thread.
 """
 
 from __future__ import annotations
 
-import errno
 import os
+import site
 import sys
 
 import nbdkit
 
-# nbdkit embeds /usr/bin/python3: make the checkout (or venv) importable.
+# nbdkit embeds /usr/bin/python3: make the checkout importable, and the
+# project venv's packages (lz4 may be installed only there).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+_VENV = f"{_ROOT}/.venv/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+if os.path.isdir(_VENV):
+    site.addsitedir(_VENV)
 
 from vbbackup.chain import PointInTimeView, open_view  # noqa: E402
 from vbbackup.errors import VbError  # noqa: E402
@@ -97,11 +102,6 @@ def can_extents(h: PointInTimeView) -> bool:
 
 def pread(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
     h.readinto(buf, offset)
-
-
-def pwrite(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
-    nbdkit.set_error(errno.EROFS)
-    raise OSError(errno.EROFS, "backup views are read-only; add --filter=cow")
 
 
 def extents(h: PointInTimeView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
@@ -56,8 +57,10 @@ def test_reads_and_properties(chain: tuple[Path, list[str], list[Path]]) -> None
         assert h.can_multi_conn()
         assert h.pread(SIZE, 0) == images[-1].read_bytes()
         assert h.pread(5, MiB - 2) == b"\x11\x11\x33\x33\x33"
-        with pytest.raises(nbd.Error):
+        h.set_strict_mode(0)  # let the write reach the server
+        with pytest.raises(nbd.Error) as refused:
             h.pwrite(b"x", 0)
+        assert refused.value.errno == "EPERM"
 
 
 def test_cow_filter_gives_a_writable_view(chain: tuple[Path, list[str], list[Path]]) -> None:
@@ -76,6 +79,21 @@ def test_map_shows_holes(chain: tuple[Path, list[str], list[Path]]) -> None:
     runs = [(e["offset"], e["length"], e["type"]) for e in json.loads(done.stdout)]
     # step 1 rewrote 8 KiB after the first MiB and zeroed the 64 KiB written at 4 MiB
     assert runs == [(0, MiB + 8192, 0), (MiB + 8192, SIZE - MiB - 8192, 3)]
+
+
+def test_works_without_the_callers_environment(
+    chain: tuple[Path, list[str], list[Path]],
+) -> None:
+    """nbdkit's embedded /usr/bin/python3 finds the package from the plugin's path alone."""
+    directory, _, images = chain
+    done = subprocess.run(
+        ["nbdkit", "-U", "-", *plugin_argv({"dir": str(directory)}),
+         "--run", 'nbdcopy "$uri" /dev/stdout | sha256sum'],
+        capture_output=True, text=True, timeout=120, check=False, cwd="/",
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == hashlib.sha256(images[-1].read_bytes()).hexdigest()
 
 
 def test_explicit_file_sequence(chain: tuple[Path, list[str], list[Path]]) -> None:
