@@ -8,6 +8,7 @@ the user stops it (``kill $(cat PIDFILE)``).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ def serve(config: ServeConfig, announce: Callable[[str], None]) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(server.pidfile.parent, ignore_errors=True)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
