@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import libvirt
 
 from tests.harness.vm import TestVM
 
@@ -52,6 +55,18 @@ def apply_ops(vm: TestVM, target: str, ops: Sequence[Op]) -> None:
             vm.discard(target, op[1], op[2])
         else:
             raise ValueError(f"unknown step op {op!r}")
+
+
+def wait_job_end(vm: TestVM, timeout: float = 30.0) -> None:
+    """libvirt may still be tearing the backup job down when the tool exits;
+    the next run would see an active job and refuse."""
+    if vm.dom is None:
+        return
+    deadline = time.monotonic() + timeout
+    while vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        if time.monotonic() > deadline:
+            raise VnbError(f"{vm.name}: backup job still active after {timeout:.0f} s")
+        time.sleep(0.05)
 
 
 def run_virtnbdbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -> None:
@@ -126,6 +141,7 @@ def _make_chain(
         apply_ops(vm, target, ops)
         before = set(outdir.glob(f"{target}.diff.*.data")) if outdir.exists() else set()
         run(vm, outdir, level, compress=compress)
+        wait_job_end(vm)
         if level == "diff":
             (new,) = set(outdir.glob(f"{target}.diff.*.data")) - before
             name = "diff." + new.name.split(".")[2]
