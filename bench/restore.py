@@ -179,7 +179,9 @@ def main() -> None:
         rows.append((label, data_written(backup), times))
     a = args.workdir / "out-chain-vbbackup" / "bench.qcow2"
     b = args.workdir / "out-chain-virtnbdrestore" / "bench.qcow2"
-    same = subprocess.run(["qemu-img", "compare", str(a), str(b)], capture_output=True, check=False)
+    # -U: virtnbdrestore returns while its qemu-nbd may still hold the image's lock
+    compare = ["qemu-img", "compare", "-U", str(a), str(b)]
+    same = subprocess.run(compare, capture_output=True, text=True, check=False)
     print(f"set: {args.size_mib} MiB disk, {args.data_mib} MiB data, "
           f"{'lz4' if args.compress else 'uncompressed'}; chain incs rewrite "
           f"{args.inc_percent}% each; median of {args.repeat}")  # fmt: skip
@@ -195,8 +197,8 @@ def main() -> None:
         )
     ratio = rows[1][2]["vbbackup"] / rows[0][2]["vbbackup"]
     print()
-    print(f"vbbackup chain / full-only: {ratio:.2f}x; "
-          f"chain images identical: {'yes' if same.returncode == 0 else 'NO'}")  # fmt: skip
+    verdict = "yes" if same.returncode == 0 else f"NO: {same.stdout}{same.stderr}"
+    print(f"vbbackup chain / full-only: {ratio:.2f}x; chain images identical: {verdict}")
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
 
