@@ -137,6 +137,8 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
         out.create()
         level = _resolve_level(config.level, out)
         stack.enter_context(_run_log(out, level))
+        if level in (INC, DIFF):
+            _require_chain(out, out.checkpoints())
         log.info("vbbackup %s of %s into %s", level, config.domain, out.path)
         if not dom.isActive():
             raise LibvirtError(
@@ -308,11 +310,7 @@ def _plan_checkpoints(
             reporter.info(f"deleted the old chain's checkpoints {', '.join(deleted)}")
         first = checkpoint_name(0)
         return None, first, first
-    if not chain:
-        raise ChainError(
-            f"no full backup in {out.path} ({out.cpt_path.name} is missing): "
-            f"run `vbbackup full {out.domain} -o {out.path}` first"
-        )
+    _require_chain(out, chain)
     for d in disks:
         if d.bitmap_capable and not out.data_path(d.target, FULL, "").exists():
             raise ChainError(
@@ -330,6 +328,14 @@ def _plan_checkpoints(
         reporter.info(f"deleted checkpoints {', '.join(stale)} of a run that did not finish")
     following = checkpoint_name(index + 1)
     return parent, (following if level == INC else None), following
+
+
+def _require_chain(out: BackupDir, chain: list[str]) -> None:
+    if not chain:
+        raise ChainError(
+            f"no full backup in {out.path} ({out.cpt_path.name} is missing): "
+            f"run `vbbackup full {out.domain} -o {out.path}` first"
+        )
 
 
 def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]) -> None:

@@ -40,7 +40,7 @@ class BackupDir:
             (self.path / "checkpoints").mkdir(exist_ok=True)
         except OSError as err:
             raise VbError(f"cannot create output directory {self.path}: {err.strerror}") from None
-        probe = self.path / f".vbbackup-write-test{PARTIAL_SUFFIX}"
+        probe = self.path / ".vbbackup-write-test"
         try:
             probe.write_bytes(b"")
             probe.unlink()

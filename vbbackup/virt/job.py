@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from vbbackup.errors import BackupBusyError, BackupInterrupted, LibvirtError
 from vbbackup.virt.connection import error_text
 
 SOCKET_PREFIX = "vbbackup-"
+END_TIMEOUT = 30.0
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -171,6 +173,11 @@ def end_job(dom: libvirt.virDomain) -> None:
     try:
         if _job_active(dom):
             dom.abortJob()
+        # abortJob returns while QEMU still cancels the job's block jobs: wait for the end,
+        # so that the next run (or the user's next command) finds the domain idle.
+        deadline = time.monotonic() + END_TIMEOUT
+        while _job_active(dom) and time.monotonic() < deadline:
+            time.sleep(0.02)
     except libvirt.libvirtError as err:
         with contextlib.suppress(libvirt.libvirtError):
             if not _job_active(dom):
