@@ -70,16 +70,17 @@ def mount_capable() -> None:
         pytest.skip("mounting needs root and losetup")
 
 
-def leftovers(state: Path, mountpoint: Path) -> list[str]:
-    """Mounts, loop devices and processes that still refer to a mount's paths."""
+def leftovers(*roots: Path) -> list[str]:
+    """Mounts, loop devices and live processes that still refer to paths below `roots`."""
+    names = tuple(str(r) for r in roots)
     found = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
             point = line.split()[4]
-            if point.startswith((str(state), str(mountpoint))):
+            if point.startswith(names):
                 found.append(f"mount {point}")
     for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        if backing.read_text().startswith(str(state)):
+        if backing.read_text().startswith(names):
             found.append(f"loop {backing.parts[3]}")
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
@@ -87,7 +88,7 @@ def leftovers(state: Path, mountpoint: Path) -> list[str]:
             stat = (cmdline.parent / "stat").read_text()
         except OSError:
             continue
-        if str(state) in text and stat.rsplit(")", 1)[-1].split()[0] != "Z":
+        if any(n in text for n in names) and stat.rsplit(")", 1)[-1].split()[0] != "Z":
             found.append(f"process {cmdline.parent.name}: {text}")
     return found
 
