@@ -1,16 +1,16 @@
 """The merged extent map of a point in time: which file holds each byte.
 
-The disk is cut into contiguous segments, kept as three parallel arrays::
+The disk is cut into contiguous segments, kept as two parallel arrays::
 
     starts  0        4096      65536     1048576      (size)
-    layers  0        -1        2         0
-    frames  0        0         17        3
+    codes   0:0      ZERO      2:17      0:3          (layer:frame)
 
-Segment i covers [starts[i], starts[i+1]) (the last one ends at ``size``);
-``layers[i]`` is the file (0 = full, 1.. = incrementals) whose frame
-``frames[i]`` holds its bytes, or ``ZERO`` (-1) when it reads as zeroes.
-Overlaying a later file replaces whatever it covers, so the map answers
-every lookup with one binary search, whatever the chain's length.
+Segment i covers [starts[i], starts[i+1]) (the last one ends at ``size``).
+Its code packs the file (``layer``: 0 = full, 1.. = incrementals) and the
+frame of that file holding its bytes as ``layer << 40 | frame``; ``ZERO``
+(-1) means it reads as zeroes. Overlaying a later file replaces whatever it
+covers, so the map answers every lookup with one binary search, whatever
+the chain's length. Two arrays, 16 bytes a segment.
 """
 
 from __future__ import annotations
@@ -21,24 +21,23 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
 ZERO: Final = -1
+_FRAME_BITS: Final = 40
+_FRAME_MASK: Final = (1 << _FRAME_BITS) - 1
 
 # One file's frames: kinds (true = data, false = zero), starts, lengths.
 Layer = tuple[Sequence[int], Sequence[int], Sequence[int]]
-_Arrays = tuple["array[int]", "array[int]", "array[int]"]
+_Arrays = tuple["array[int]", "array[int]"]
 
 
 class ExtentMap:
     """Sorted segments covering ``[0, size)``; pure, immutable once built."""
 
-    __slots__ = ("frames", "layers", "size", "starts")
+    __slots__ = ("codes", "size", "starts")
 
-    def __init__(
-        self, size: int, starts: array[int], layers: array[int], frames: array[int]
-    ) -> None:
+    def __init__(self, size: int, starts: array[int], codes: array[int]) -> None:
         self.size = size
         self.starts = starts
-        self.layers = layers
-        self.frames = frames
+        self.codes = codes
 
     @classmethod
     def build(cls, size: int, files: Iterable[Layer]) -> ExtentMap:
@@ -47,11 +46,7 @@ class ExtentMap:
         Frames of a file are normally sorted and disjoint; a frame that goes
         back starts a new pass, so file order decides even then.
         """
-        segs: _Arrays = (array("Q"), array("i"), array("I"))
-        if size:
-            segs[0].append(0)
-            segs[1].append(ZERO)
-            segs[2].append(0)
+        segs: _Arrays = (array("Q", [0] if size else []), array("q", [ZERO] if size else []))
         for layer, (kinds, starts, lengths) in enumerate(files):
             first = 0
             while first < len(starts):
@@ -66,18 +61,25 @@ class ExtentMap:
         return bisect_right(self.starts, offset) - 1
 
     def segments(self, offset: int, length: int) -> Iterator[tuple[int, int, int, int]]:
-        """``(offset, length, layer, frame)`` pieces covering the range, in order."""
+        """``(offset, length, layer, frame)`` pieces covering the range, in order.
+
+        ``layer`` is ``ZERO`` for zeroes.
+        """
         if offset < 0 or length < 0 or offset + length > self.size:
             raise ValueError(f"range [{offset}, +{length}) outside the disk ({self.size} bytes)")
         end = offset + length
-        starts, layers, frames = self.starts, self.layers, self.frames
+        starts, codes = self.starts, self.codes
         last = len(starts) - 1
         i = bisect_right(starts, offset) - 1
         pos = offset
         while pos < end:
             seg_end = starts[i + 1] if i < last else self.size
             stop = min(seg_end, end)
-            yield pos, stop - pos, layers[i], frames[i]
+            code = codes[i]
+            if code == ZERO:
+                yield pos, stop - pos, ZERO, 0
+            else:
+                yield pos, stop - pos, code >> _FRAME_BITS, code & _FRAME_MASK
             pos = stop
             i += 1
 
@@ -118,10 +120,11 @@ def _overlay_run(
     zero segments are merged on the way. This loop is the cost of opening a
     long chain, hence the local names.
     """
-    bs, bl, bf = base
+    bs, bc = base
     n_base = len(bs)
-    ns, nl, nf = array("Q"), array("i"), array("I")
-    s_add, l_add, f_add = ns.append, nl.append, nf.append
+    ns, nc = array("Q"), array("q")
+    s_add, c_add = ns.append, nc.append
+    tag = layer << _FRAME_BITS
     pos = 0  # everything before pos is in the new arrays
     k = 0  # old segments before k start before pos
     last_zero = False  # the newest segment reads as zeroes
@@ -141,15 +144,15 @@ def _overlay_run(
                 k = bisect_left(bs, start, j + 1, min(hi, n_base))
             else:
                 k = bisect_left(bs, start, hi)
-            if not (last_zero and bl[j] == ZERO):
+            code = bc[j]
+            if not (last_zero and code == ZERO):
                 s_add(pos)
-                l_add(bl[j])
-                f_add(bf[j])
+                c_add(code)
             if k > j + 1:
                 ns.extend(bs[j + 1 : k])
-                nl.extend(bl[j + 1 : k])
-                nf.extend(bf[j + 1 : k])
-            last_zero = nl[-1] == ZERO
+                nc.extend(bc[j + 1 : k])
+                code = bc[k - 1]
+            last_zero = code == ZERO
             pos = start
         end = start + length
         if end > size:
@@ -157,22 +160,18 @@ def _overlay_run(
         if start < end:
             if data:
                 s_add(start)
-                l_add(layer)
-                f_add(i)
+                c_add(tag | i)
                 last_zero = False
             elif not last_zero:
                 s_add(start)
-                l_add(ZERO)
-                f_add(0)
+                c_add(ZERO)
                 last_zero = True
             pos = end
     if pos < size:
         j = bisect_right(bs, pos, k) - 1
-        if not (last_zero and bl[j] == ZERO):
+        if not (last_zero and bc[j] == ZERO):
             s_add(pos)
-            l_add(bl[j])
-            f_add(bf[j])
+            c_add(bc[j])
         ns.extend(bs[j + 1 :])
-        nl.extend(bl[j + 1 :])
-        nf.extend(bf[j + 1 :])
-    return (ns, nl, nf), stop
+        nc.extend(bc[j + 1 :])
+    return (ns, nc), stop
