@@ -138,6 +138,17 @@ def nbdcopy_seconds(server: list[str], runs: int = 3) -> float:
     return best
 
 
+def startup_seconds(server: list[str]) -> float:
+    """Best of three: nbdkit start, open, answer one request, exit."""
+    argv = [server[0], "-U", "-", *server[1:], "--run", 'nbdinfo --size "$uri"']
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 @contextmanager
 def served(server: list[str]) -> Iterator[tuple[str, int]]:
     """nbdkit on a private unix socket; yields (socket, pid) once it listens."""
@@ -285,6 +296,8 @@ def main() -> None:
             data = sum(n for _, n, z in open_view(plain).extents(0, size) if not z)
             what = f"{args.size_mib} MiB disk, {data // MiB} MiB data, full + 3 inc"
             if "seq" in only:
+                up = startup_seconds(plugin_cmd(plain))
+                rows.append(("vbmount plugin start-up on this set (nbdinfo --size)", f"{up:.2f} s"))
                 f_s = nbdcopy_seconds(file_cmd(raw))
                 p_s = nbdcopy_seconds(plugin_cmd(plain))
                 z_s = nbdcopy_seconds(plugin_cmd(lz4))

@@ -1,0 +1,154 @@
+"""Benchmark of ``vbbackup full|inc`` against the NBD limit (nbdcopy) and virtnbdbackup.
+
+    .venv/bin/python bench/backup.py [--size-mib 2048] [--data-mib 1024] [--inc-percent 5]
+
+One throwaway paused VM (tests/harness) with one qcow2 disk of --size-mib holding
+--data-mib of data in 16 MiB extents with holes between them, half random, half
+compressible text. Measured in one run, each into a fresh directory:
+  nbdcopy      from a pull backup job's NBD export into a file (the limit; --flush)
+  vbbackup     full, full --compress, inc after --inc-percent new data
+  virtnbdbackup the same three runs, when installed
+Wall time of the whole command (job start to end, files fsync'ed by ours); MB/s =
+data bytes read / time; peak RSS of the process (wait4). Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import libvirt  # noqa: E402
+
+from tests.harness.backup import pull_backup  # noqa: E402
+from tests.harness.libvirtd import URI, ensure_libvirtd  # noqa: E402
+from tests.harness.vm import DiskSpec, TestVM  # noqa: E402
+
+MiB = 1024 * 1024
+EXTENT = 16 * MiB
+VBBACKUP = [str(ROOT / ".venv" / "bin" / "vbbackup")]
+
+
+def make_image(path: Path, size: int, data: int) -> None:
+    """Data extents every other EXTENT: even ones random, odd ones compressible text."""
+    count = data // EXTENT
+    if 2 * count * EXTENT > size:
+        raise SystemExit("--data-mib must be at most half of --size-mib")
+    text = b"".join(
+        b"vbbackup benchmark line %08d: the quick brown fox\n" % i for i in range(40000)
+    )
+    text = (text * (EXTENT // len(text) + 1))[:EXTENT]
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for i in range(count):
+            f.seek(2 * EXTENT * i)
+            f.write(os.urandom(EXTENT) if i % 2 == 0 else text)
+
+
+def timed(argv: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command, which must succeed."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - start
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def wait_idle(vm: TestVM) -> None:
+    while vm.dom is not None and vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=2048)
+    parser.add_argument("--data-mib", type=int, default=1024)
+    parser.add_argument("--inc-percent", type=float, default=5.0)
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    args = parser.parse_args()
+    size, data = args.size_mib * MiB, args.data_mib * MiB
+    ensure_libvirtd()
+    conn = libvirt.open(URI)
+    rows: list[tuple[str, float, int, int]] = []  # name, seconds, data bytes, rss
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="vbbench-backup-") as tmp:
+        work = Path(tmp)
+        image = work / "source.raw"
+        make_image(image, size, data)
+        with TestVM(conn, [DiskSpec("vda", size, image=image)]) as vm:
+            image.unlink()
+            inc_bytes = int(data * args.inc_percent / 100) // MiB * MiB
+
+            def write_new_data(seed: int) -> None:
+                # into the holes, so that the increment is exactly inc_bytes of new data
+                for done in range(0, inc_bytes, 4 * MiB):
+                    hole = EXTENT + 2 * EXTENT * (done // EXTENT) + seed * 4 * MiB
+                    vm.write("vda", hole + done % EXTENT, os.urandom(4 * MiB))
+
+            with pull_backup(vm) as job:
+                target = work / "nbdcopy.raw"
+                secs, rss = timed(["nbdcopy", "--flush", job.nbd_uri("vda"), str(target)])
+                rows.append(("nbdcopy into a file (the limit)", secs, data, rss))
+                target.unlink()
+
+            def ours(level: str, out: str, *extra: str) -> tuple[float, int]:
+                return timed([*VBBACKUP, level, vm.name, "-o", str(work / out), "-q", *extra])
+
+            secs, rss = ours("full", "ours")
+            rows.append(("vbbackup full", secs, data, rss))
+            secs, rss = ours("full", "ours-lz4", "--compress")
+            rows.append(("vbbackup full --compress", secs, data, rss))
+            write_new_data(0)
+            secs, rss = ours("inc", "ours")
+            rows.append((f"vbbackup inc ({args.inc_percent:g}% new)", secs, inc_bytes, rss))
+
+            if subprocess.run(["which", "virtnbdbackup"], capture_output=True).returncode == 0:
+
+                def theirs(level: str, out: str, *extra: str) -> tuple[float, int]:
+                    sock = str(vm.dir / "vnb.sock")
+                    argv = ["virtnbdbackup", "-d", vm.name, "-l", level, "-o", str(work / out),
+                            "-n", "-f", sock, "-S", str(vm.dir), *extra]  # fmt: skip
+                    result = timed(argv)
+                    wait_idle(vm)  # it ends its job without waiting for the end
+                    return result
+
+                secs, rss = theirs("full", "vnb")
+                rows.append(("virtnbdbackup full", secs, data, rss))
+                secs, rss = theirs("full", "vnb-lz4", "-z")
+                rows.append(("virtnbdbackup full --compress", secs, data, rss))
+                write_new_data(1)
+                secs, rss = theirs("inc", "vnb")
+                rows.append(
+                    (f"virtnbdbackup inc ({args.inc_percent:g}% new)", secs, inc_bytes, rss)
+                )
+            sizes = {
+                out: sum(p.stat().st_size for p in (work / out).glob("*.data"))
+                for out in ("ours", "ours-lz4", "vnb", "vnb-lz4")
+                if (work / out).exists()
+            }
+    conn.close()
+
+    limit = data / rows[0][1]
+    print(f"disk {args.size_mib} MiB, data {args.data_mib} MiB (half random, half text), "
+          f"inc {args.inc_percent:g}%")  # fmt: skip
+    print("\n| run | time | MB/s | vs nbdcopy | peak RSS |\n| --- | --- | --- | --- | --- |")
+    for name, secs, nbytes, rss in rows:
+        rate = nbytes / secs
+        print(f"| {name} | {secs:.2f} s | {rate / 1e6:.0f} | {rate / limit:.2f}x | "
+              f"{rss / 1e6:.0f} MB |")  # fmt: skip
+    print("\nfiles:", ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in sizes.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
