@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def vnb_chain(
         apply_ops(vnb_vm, "vda", vda_ops)
         apply_ops(vnb_vm, "vdb", vdb_ops)
         before = set(outdir.glob("vda.diff.*.data")) if outdir.exists() else set()
+        wait_for_no_job(vnb_vm)
         run_virtnbdbackup(vnb_vm, outdir, level, compress=request.param)
         if level == "diff":
             (new,) = set(outdir.glob("vda.diff.*.data")) - before
@@ -67,6 +69,16 @@ def vnb_chain(
             name, n = f"virtnbdbackup.{n}", n + 1
         points.append((name, {t: vnb_vm.expected(t) for t in ("vda", "vdb")}))
     return outdir, points
+
+
+def wait_for_no_job(vm: TestVM, timeout: float = 30.0) -> None:
+    """virtnbdbackup returns while libvirt may still be ending its backup job; the next
+    run would refuse ("active backup operation"), so wait for the job state to clear."""
+    deadline = time.monotonic() + timeout
+    while vm.dom is not None and vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{vm.name}: backup job still active after {timeout} s")
+        time.sleep(0.1)
 
 
 def compare(image: Path, fmt: str, expected: Path) -> None:
