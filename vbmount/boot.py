@@ -26,6 +26,7 @@ import libvirt
 from vbbackup.chain import COPY, FULL, BackupSet
 from vbbackup.errors import LibvirtError, MountError
 from vbmount import proc, resources
+from vbmount.mounting import require_root
 from vbmount.server import Export, NbdkitServer, plugin_args
 
 BOOT_ROOT = Path("/var/tmp")
@@ -127,6 +128,7 @@ def _qemu_owner() -> tuple[int, int] | None:
 
 
 def boot(config: BootConfig) -> Booted:
+    require_root("vbmount boot")
     backup = BackupSet(config.directory)
     xml_path = vmconfig_path(backup, config.until)
     original = ET.fromstring(xml_path.read_text()).findtext("name") or backup.directory.name
@@ -151,6 +153,9 @@ def boot(config: BootConfig) -> Booted:
                     dom.create()
             except libvirt.libvirtError as err:
                 raise LibvirtError(f"domain {name}: {err.get_error_message()}") from None
+        except OSError as err:
+            _release_boot(res)
+            raise MountError(f"{err.filename or 'boot'}: {err.strerror}") from None
         except BaseException:
             _release_boot(res)
             raise
@@ -189,6 +194,7 @@ def _serve_disks(
 
 def unboot(name: str, uri: str | None = None) -> bool:
     """Destroy and undefine a domain `boot` made, stop its servers, remove its overlays."""
+    require_root("vbmount unboot")
     res = resources.load("boot", name)
     if res is None:
         return False

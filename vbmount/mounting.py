@@ -41,7 +41,7 @@ class Mounted:
 
 def require_root(what: str) -> None:
     if os.geteuid() != 0:
-        raise MountError(f"{what} must run as root (it needs loop devices and mount)")
+        raise MountError(f"{what} must run as root")
 
 
 def disk_names(directory: Path, disks: tuple[str, ...]) -> tuple[str, ...]:
@@ -123,6 +123,9 @@ def mount_backup(req: MountRequest) -> list[Mounted]:
             for item in plan:
                 if item.disk == disk and item.path is not None:
                     _mount_one(source, item, res)
+    except OSError as err:
+        resources.release(res)
+        raise MountError(f"{err.filename or 'mount'}: {err.strerror}") from None
     except BaseException:
         resources.release(res)
         raise

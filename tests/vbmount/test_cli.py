@@ -31,3 +31,12 @@ def test_directory_without_data_files(tmp_path) -> None:
         4,
         f"vbmount: error: no backup data files (*.data) in {tmp_path}\n",
     )
+
+
+def test_mount_needs_root(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    for args in (["mount", str(tmp_path), str(tmp_path / "m")], ["umount", str(tmp_path)],
+                 ["boot", str(tmp_path)], ["unboot", "x"]):  # fmt: skip
+        result = CliRunner().invoke(main, args, prog_name="vbmount")
+        assert result.exit_code == 10, result.output
+        assert result.output == f"vbmount: error: vbmount {args[0]} must run as root\n"

@@ -3,6 +3,7 @@ loop devices and kernel mounts."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,29 @@ def test_unsupported_filesystem(tmp_path: Path, state_dir: Path) -> None:
     assert (code, out) == (10, "vbmount: error: vda1: unsupported filesystem swap\n")
     code, out = vbmount("mount", tmp_path / "set", tmp_path / "mnt")
     assert code == 10 and "no mountable filesystem" in out
+
+
+def test_no_fuse_and_no_kernel_nbd(
+    two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("vbmount.blockdev.fuse_available", lambda: False)
+    monkeypatch.setattr("vbmount.blockdev.kernel_nbd_available", lambda: False)
+    code, out = vbmount("mount", two_point_set.directory, tmp_path / "mnt")
+    assert (code, out) == (
+        10,
+        "vbmount: error: no FUSE here (/dev/fuse missing) and no kernel nbd (/dev/nbd*)\n",
+    )
+    assert leftovers(state_dir, tmp_path) == []
+
+
+def test_something_already_mounted_there(
+    two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path
+) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vbmount-test", busy], check=True)
+    try:
+        code, out = vbmount("mount", two_point_set.directory, busy)
+    finally:
+        subprocess.run(["umount", busy], check=True)
+    assert (code, out) == (10, f"vbmount: error: mountpoint busy: something is mounted at {busy}\n")
