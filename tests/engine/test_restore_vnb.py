@@ -9,6 +9,7 @@ raw, all disks and one, and compared with the harness's expected images.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -154,3 +155,30 @@ def test_adjust_config_define_and_start(
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()
     compare(out / "vda.qcow2", "qcow2", points[1][1]["vda"])
+
+
+def test_verify_catches_damage_in_a_real_set(
+    vnb_chain: tuple[Path, Points], tmp_path: Path
+) -> None:
+    outdir, _ = vnb_chain
+    damaged = tmp_path / "set"
+    shutil.copytree(outdir, damaged)
+    full = damaged / "vda.full.data"
+    inc1 = damaged / "vda.inc.virtnbdbackup.1.data"
+    with open(inc1, "r+b") as f:
+        f.truncate(inc1.stat().st_size - 100)
+    (damaged / "vda.inc.virtnbdbackup.2.data").unlink()
+    data = bytearray(full.read_bytes())
+    header = data.index(b"data 0000")
+    # lz4: a byte inside the first data frame's payload; plain: its header's kind
+    position = header + 40 + 100 if b'"compressed": false' not in data[:600] else header + 1
+    data[position] ^= 0x01
+    full.write_bytes(bytes(data))
+    problems = [str(p) for p in verify(VerifyConfig(damaged)).problems]
+    assert any(p.startswith(f"{full}: at byte ") for p in problems), problems
+    assert any(p.startswith(f"{inc1}: at byte ") for p in problems), problems
+    assert (
+        f"{damaged}/vda.inc.virtnbdbackup.2.data: missing incremental (checkpoint virtnbdbackup.2)"
+        in problems
+    )
+    assert not [p for p in problems if "/vdb." in p]  # vdb is untouched
