@@ -24,6 +24,7 @@ from tests.vbmount.conftest import leftovers
 from vbmount.cli import main
 
 pytestmark = pytest.mark.integration
+Backed = tuple[TestVM, Path, dict[str, Path], dict[str, Path]]
 
 
 def fs_image(path: Path, version: str) -> Path:
@@ -59,20 +60,25 @@ def write_differences(vm: TestVM, target: str, old: Path, new: Path, block: int 
 
 @pytest.fixture
 def backed_up_vm(make_vm: Any, tmp_path: Path, request: pytest.FixtureRequest):
-    """(vm, set directory, expected image at virtnbdbackup.0, at virtnbdbackup.1)."""
+    """(vm, set directory, expected images {disk: path} at virtnbdbackup.0, at .1).
+
+    vda holds the file systems; vdb is a second, small disk with raw patterns.
+    """
     require("nbdkit", "nbdkit_python", "qemu")
     tool = getattr(request, "param", "vbbackup")
     if tool == "virtnbdbackup":
         require("virtnbdbackup")
     run = run_vbbackup if tool == "vbbackup" else run_virtnbdbackup
     old, new = fs_image(tmp_path / "old.raw", "old"), fs_image(tmp_path / "new.raw", "new")
-    vm = make_vm(disks=[DiskSpec("vda", size=None, image=old)])
+    vm = make_vm(disks=[DiskSpec("vda", size=None, image=old), DiskSpec("vdb", size=16 * MiB)])
     backup = tmp_path / "set"
+    vm.write_pattern("vdb", MiB, 3 * MiB, 0x5A)
     run(vm, backup, "full", compress=True)
-    expected0 = vm.expected("vda")
+    expected0 = {t: vm.expected(t) for t in ("vda", "vdb")}
     write_differences(vm, "vda", old, new)
+    vm.write_pattern("vdb", 2 * MiB + 7, 5000, 0xA5)
     run(vm, backup, "inc", compress=True)
-    expected1 = vm.expected("vda")
+    expected1 = {t: vm.expected(t) for t in ("vda", "vdb")}
     return vm, backup, expected0, expected1
 
 
@@ -83,7 +89,7 @@ def vbmount(*args: str | Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("backed_up_vm", ["vbbackup", "virtnbdbackup"], indirect=True)
 def test_mount_shows_each_point_in_time(
-    backed_up_vm: tuple[TestVM, Path, Path, Path],
+    backed_up_vm: Backed,
     tmp_path: Path,
     state_dir: Path,
     mount_capable: None,
@@ -92,12 +98,14 @@ def test_mount_shows_each_point_in_time(
     _vm, backup, _e0, _e1 = backed_up_vm
     code, out = vbmount("ls", backup)
     assert code == 0, out
-    assert [line.split()[-1] for line in out.splitlines()[1:]] == ["ext4", "ext4", "xfs"]
+    rows = [(line.split()[0], line.split()[-1]) for line in out.splitlines()[1:]]
+    assert rows == [("vda", "ext4"), ("vda", "ext4"), ("vda", "xfs"), ("vdb", "unknown")]
     old, new = tmp_path / "old", tmp_path / "new"
     cleanup_mounts += [old, new]
     for mountpoint, point in ((old, "virtnbdbackup.0"), (new, "virtnbdbackup.1")):
         code, out = vbmount("mount", backup, mountpoint, "--until", point)
         assert code == 0, out
+        assert out.splitlines()[-1] == "vdb: unknown -> unknown, not mounted"
     for mountpoint, version in ((old, "old"), (new, "new")):
         assert (mountpoint / "vda1/etc/fstab").read_text() == f"{version} fstab\n"
         assert (mountpoint / "vda2/data.txt").read_text() == f"{version} data\n"
@@ -108,22 +116,30 @@ def test_mount_shows_each_point_in_time(
     assert list(state_dir.iterdir()) == []
 
 
-def pull_backup_compare(conn: libvirt.virConnect, name: str, workdir: Path, expected: Path):
-    """Run a pull backup job on the domain and compare its export with `expected`."""
+def pull_backup_compare(
+    conn: libvirt.virConnect, name: str, workdir: Path, expected: dict[str, Path]
+) -> dict[str, str]:
+    """Run a pull backup job on the domain and compare each disk's export with `expected`."""
     dom = conn.lookupByName(name)
-    socket, scratch = workdir / "pull.sock", workdir / "pull.scratch"
-    dom.backupBegin(backup_xml(socket, {"vda": scratch}, [], None), None)
+    socket = workdir / "pull.sock"
+    scratch = {t: workdir / f"pull.{t}.scratch" for t in expected}
+    dom.backupBegin(backup_xml(socket, scratch, [], None), None)
+    results = {}
     try:
-        uri = f"nbd+unix:///vda?socket={socket}"
-        compare = ["qemu-img", "compare", "-f", "raw", "-F", "raw", uri, str(expected)]
-        done = subprocess.run(compare, capture_output=True, text=True, check=False)
+        for target, image in expected.items():
+            uri = f"nbd+unix:///{target}?socket={socket}"
+            compare = ["qemu-img", "compare", "-f", "raw", "-F", "raw", uri, str(image)]
+            done = subprocess.run(compare, capture_output=True, text=True, check=False)
+            results[target] = f"{done.returncode}: {(done.stdout + done.stderr).strip()}"
     finally:
         end_backup_job(dom)
-    return done.returncode, done.stdout + done.stderr
+    return results
 
 
 def test_boot_runs_the_vm_from_its_backup(
-    backed_up_vm: tuple[TestVM, Path, Path, Path], libvirt_conn: Any, state_dir: Path
+    backed_up_vm: Backed,
+    libvirt_conn: Any,
+    state_dir: Path,
 ) -> None:
     vm, backup, expected0, _e1 = backed_up_vm
     name = f"{vm.name}-r"
@@ -136,10 +152,10 @@ def test_boot_runs_the_vm_from_its_backup(
         assert dom.UUIDString() != vm.dom.UUIDString()
         assert vm.dom.isActive()  # the original keeps running next to it
         workdir = Path(f"/var/tmp/vbmount-boot-{name}")
-        assert pull_backup_compare(libvirt_conn, name, vm.dir, expected0) == (
-            0,
-            "Images are identical.\n",
-        )
+        assert pull_backup_compare(libvirt_conn, name, vm.dir, expected0) == {
+            "vda": "0: Images are identical.",
+            "vdb": "0: Images are identical.",
+        }
         code, out = vbmount("boot", backup, "--name", name)
         assert (code, out) == (10, f"vbmount: error: domain {name} already exists "
                                    "(choose another with --name)\n")  # fmt: skip
