@@ -92,3 +92,11 @@ def test_human_size() -> None:
         "5.0 GiB",
         "?",
     ]
+
+
+def test_a_copy_only_disk_next_to_a_chain_is_no_problem(backup: Path) -> None:
+    write_stream(backup / "vdc.copy.data", SIZE, [(0, b"c" * 512), (512, SIZE - 512)],
+                 checkpoint="", parent=None)  # fmt: skip
+    report = info(InfoConfig(backup))
+    assert [b["level"] for b in report["disks"]["vdc"]] == ["copy"]
+    assert not [p for p in report["problems"] if "vdc" in p]

@@ -168,6 +168,8 @@ def _check_disk(disk: str, result: Survey) -> None:
             )
     fulls = [e for e in entries if e.data.level == FULL]
     incs = {e.data.ident: e for e in entries if e.data.level == INC}
+    if not fulls and not incs and any(e.data.level == COPY for e in entries):
+        return  # a disk saved whole in every backup (raw disks): no chain to link
     names = _chain_names(fulls, incs, result.checkpoints)
     if not names:
         if incs or not any(e.data.level == COPY for e in entries):
