@@ -24,6 +24,7 @@ from pathlib import Path
 import libvirt
 
 from vbbackup.chain import COPY, FULL, BackupSet
+from vbbackup.engine.copyout import sector_policy
 from vbbackup.errors import LibvirtError, MountError
 from vbmount import proc, resources
 from vbmount.mounting import require_root
@@ -170,8 +171,10 @@ def _serve_disks(
     for disk in backup.disks:
         point = backup.resolve(disk, until)
         socket = workdir / f"{disk}.sock"
+        # QEMU's NBD client must see sector-sized extents (see copyout.sector_policy).
+        policy = sector_policy(point.virtual_size)
         server = NbdkitServer(
-            plugin_args(Export(backup.directory, disk, until)),
+            [*policy[:1], *plugin_args(Export(backup.directory, disk, until)), *policy[1:]],
             workdir=workdir,
             socket=socket,
             name=f"nbdkit-{disk}",

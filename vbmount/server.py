@@ -4,7 +4,7 @@
                       workdir=Path("/run/x")) as server:
         server.uri     # nbd+unix:///?socket=/run/x/vda.sock
 
-``NbdkitServer`` takes any nbdkit plugin and arguments (tests serve plain images
+``NbdkitServer`` takes any nbdkit plugin and arguments, filters first (tests serve plain images
 with ``["file", "disk.raw"]``). nbdkit forks into the background by itself once
 it listens (startup errors go to a log file) and is ready when its pid file
 exists. ``detach()`` leaves it running after we

@@ -108,7 +108,7 @@ def copy_out(
             f'{fmt} nbd+unix:///?socket="$unixsocket" {shlex.quote(str(tmp))}'
         )
         exported = Export(export.directory, point.disk, export.until)
-        policy = _sector_policy(point.virtual_size)  # [filter option, its parameter]
+        policy = sector_policy(point.virtual_size)  # [filter option, its parameter]
         _run(["nbdkit", "--unix", "-", "--readonly", *policy[:1], *plugin_args(exported),
               *policy[1:], "--run", convert])  # fmt: skip
         with open(tmp, "rb+") as f:
@@ -121,7 +121,7 @@ def copy_out(
         raise
 
 
-def _sector_policy(size: int) -> list[str]:
+def sector_policy(size: int) -> list[str]:
     """nbdkit filter that advertises a 512-byte minimum block size.
 
     qemu-img convert reads block status per 512-byte sector and skips a
