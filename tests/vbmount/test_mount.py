@@ -141,3 +141,39 @@ def test_something_already_mounted_there(
     finally:
         subprocess.run(["umount", busy], check=True)
     assert (code, out) == (10, f"vbmount: error: mountpoint busy: something is mounted at {busy}\n")
+
+
+def test_whole_disk_filesystem_mounts_at_the_disk_name(tmp_path: Path, state_dir: Path) -> None:
+    from tests.vbmount.images import MiB, ext4_with_files
+    from tests.vbmount.sets import write_set
+
+    disk = ext4_with_files(tmp_path / "disk.raw", 16 * MiB, {"hello": b"whole disk\n"}, "w")
+    write_set(tmp_path / "set", [disk], disk="vdb")
+    mountpoint = tmp_path / "mnt"
+    code, out = vbmount("mount", tmp_path / "set", mountpoint)
+    try:
+        assert (code, out) == (0, f"vdb: ext4 -> {mountpoint}/vdb\n")
+        assert (mountpoint / "vdb/hello").read_bytes() == b"whole disk\n"
+    finally:
+        assert vbmount("umount", mountpoint) == (0, "")
+    assert leftovers(state_dir, tmp_path) == []
+
+
+def test_umount_after_the_servers_died(
+    two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path, cleanup_mounts: list[Path]
+) -> None:
+    """nbdkit and nbdfuse killed behind vbmount's back: umount still removes everything."""
+    import json
+    import os
+    import signal
+
+    mountpoint = tmp_path / "mnt"
+    cleanup_mounts.append(mountpoint)
+    assert vbmount("mount", two_point_set.directory, mountpoint)[0] == 0
+    (record,) = state_dir.glob("mount-*.json")
+    state = json.loads(record.read_text())
+    for pid in [s["pid"] for s in state["servers"]] + [f["pid"] for f in state["fuse"]]:
+        os.kill(pid, signal.SIGKILL)
+    assert vbmount("umount", mountpoint) == (0, "")
+    assert not mountpoint.exists()
+    assert leftovers(state_dir, tmp_path) == []

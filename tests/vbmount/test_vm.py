@@ -167,3 +167,24 @@ def test_boot_runs_the_vm_from_its_backup(
     assert leftovers(state_dir, workdir) == []  # no nbdkit, no QEMU
     assert {p.name: p.stat().st_mtime_ns for p in backup.iterdir()} == before
     assert vbmount("unboot", name) == (0, f"nothing booted by vbmount as {name}\n")
+
+
+def test_boot_without_start_then_unboot(
+    backed_up_vm: Backed, libvirt_conn: Any, state_dir: Path
+) -> None:
+    vm, backup, _e0, _e1 = backed_up_vm
+    name = f"{vm.name}-restore"  # the default name
+    try:
+        code, out = vbmount("boot", backup, "--no-start")
+        assert code == 0, out
+        assert out.splitlines()[0] == f"domain {name} defined"
+        dom = libvirt_conn.lookupByName(name)
+        assert not dom.isActive()
+        xml = dom.XMLDesc()
+        assert f"/var/tmp/vbmount-boot-{name}/vda.qcow2" in xml
+        assert str(vm.disk_path("vda")) not in xml
+    finally:
+        code, out = vbmount("unboot", name)
+    assert (code, out) == (0, "")
+    assert name not in [d.name() for d in libvirt_conn.listAllDomains()]
+    assert leftovers(state_dir, Path(f"/var/tmp/vbmount-boot-{name}")) == []
