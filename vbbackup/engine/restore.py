@@ -176,7 +176,7 @@ def restore(
 def _point(backup: BackupSet, disk: str, until: str | None) -> tuple[PointInTime, str | None]:
     """The disk's point at ``until``; a disk saved only as a copy restores its copy."""
     points = backup.points(disk)
-    if until is not None and all(p.name == COPY for p in points):
+    if all(p.name == COPY for p in points):
         return points[-1], COPY
     return backup.resolve(disk, until), until
 
