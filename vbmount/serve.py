@@ -54,6 +54,7 @@ def make_server(config: ServeConfig) -> NbdkitServer:
         port=config.port,
         writable=config.writable,
         pidfile=config.pidfile,
+        tied=not config.daemon,
     )
 
 

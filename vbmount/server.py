@@ -8,7 +8,9 @@
 with ``["file", "disk.raw"]``). nbdkit forks into the background by itself once
 it listens (startup errors go to a log file) and is ready when its pid file
 exists. ``detach()`` leaves it running after we
-exit; ``stop_server`` ends it later from another process.
+exit; ``stop_server`` ends it later from another process. A ``tied`` server is
+our child instead and dies with us, even on SIGKILL (``vbmount serve`` in the
+foreground).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class NbdkitServer:
         writable: bool = False,
         name: str = "nbdkit",
         pidfile: Path | None = None,
+        tied: bool = False,
     ) -> None:
         if (socket is None) == (port is None):
             raise UsageError("serve on either a unix socket or a TCP port")
@@ -43,6 +46,7 @@ class NbdkitServer:
         self.writable = writable
         self.pidfile = (pidfile or workdir / f"{name}.pid").resolve()
         self.log = workdir / f"{name}.log"
+        self.tied = tied
         self.pid: int | None = None
         self._detached = False
 
@@ -59,6 +63,8 @@ class NbdkitServer:
 
     def command(self) -> list[str]:
         argv = ["nbdkit", "--pidfile", str(self.pidfile)]
+        if self.tied:
+            argv += ["--foreground", "--exit-with-parent"]
         if self.socket is not None:
             argv += ["--unix", str(self.socket)]
         else:
@@ -70,7 +76,8 @@ class NbdkitServer:
     def start(self) -> NbdkitServer:
         if self.socket is not None and self.socket.exists():
             raise MountError(f"socket {self.socket} already exists (another server?)")
-        self.pid = proc.start_forking_daemon(self.command(), pidfile=self.pidfile, log=self.log)
+        start = proc.spawn_daemon if self.tied else proc.start_forking_daemon
+        self.pid = start(self.command(), pidfile=self.pidfile, log=self.log)
         return self
 
     def detach(self) -> None:

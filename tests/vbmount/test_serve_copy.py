@@ -153,3 +153,24 @@ def test_copy_refuses_an_existing_target(two_point_set: TwoPointSet, tmp_path: P
     assert result.exit_code == 0, result.output
     compare = ["qemu-img", "compare", "-q", "-F", "raw", str(out), str(two_point_set.images[1])]
     assert subprocess.run(compare, check=False).returncode == 0
+
+
+def test_foreground_server_dies_with_vbmount(
+    two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path
+) -> None:
+    """Even a SIGKILLed `vbmount serve` leaves no nbdkit behind (exit-with-parent)."""
+    import time
+
+    from tests.vbmount.conftest import leftovers
+
+    sock = tmp_path / "nbd.sock"
+    argv = [*VBMOUNT, "serve", str(two_point_set.directory), "--socket", str(sock)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == f"nbd+unix:///?socket={sock}"
+        assert leftovers(sock) != []
+        child.kill()
+    deadline = time.monotonic() + 10
+    while leftovers(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftovers(sock) == []
