@@ -51,7 +51,8 @@ def spawn_daemon(
     env: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT,
 ) -> int:
-    """Start a foreground-mode daemon detached from us; return its pid once it wrote `pidfile`.
+    """Start a program that stays in the foreground (nbdfuse, nbdkit -f) as our child, in
+    its own session with output in `log`; return its pid once it wrote `pidfile`.
 
     If it exits first, raise MountError with the last line it logged.
     """
