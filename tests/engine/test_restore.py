@@ -189,3 +189,12 @@ def test_boot_files_restored_and_referenced(backup: Path, tmp_path: Path) -> Non
     text = (out / "copy1.xml").read_text()
     assert f"<nvram>{out / 'src_VARS.fd'}</nvram>" in text
     assert f"<kernel>{out / 'vmlinuz-test'}</kernel>" in text
+
+
+def test_progress_adds_up_to_the_data(backup: Path, tmp_path: Path) -> None:
+    config = RestoreConfig(backup, tmp_path / "out", fmt="raw")
+    the_plan = plan(config)
+    assert the_plan.data_bytes == 64 * KiB + 300 * KiB + 10240 + 64 * KiB  # the final state
+    reported: list[int] = []
+    restore(config, the_plan, reported.append)
+    assert sum(reported) == the_plan.data_bytes

@@ -23,6 +23,7 @@ from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.engine.backup import BackupConfig, run_backup
 from vbbackup.engine.restore import RestoreConfig, restore
 from vbbackup.engine.verify import VerifyConfig, verify
+from vbbackup.errors import LibvirtError
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -137,6 +138,9 @@ def test_defined_domain_keeps_the_backed_up_raw_disk_and_starts(
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         assert dom.isActive()
         dom.destroy()
+        again = RestoreConfig(out, target, define=True, name=name, force=True)
+        with pytest.raises(LibvirtError, match=f"defining the restored domain failed: .*{name}"):
+            restore(again)
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()

@@ -31,6 +31,7 @@ from vbbackup.engine import domainxml
 from vbbackup.engine.copyout import FORMATS, Export, copy_out
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
+from vbbackup.virt.connection import error_text, libvirt_connection
 
 Progress = Callable[[int], None]
 
@@ -268,19 +269,11 @@ def _adjusted_xml(config: RestoreConfig, the_plan: Plan) -> bytes:
 
 
 def _define(uri: str, xml: bytes) -> str:
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as err:
-        raise LibvirtError(f"cannot connect to {uri}: {err.get_error_message()}") from None
-    try:
-        dom = conn.defineXML(xml.decode("utf-8"))
-        return str(dom.name())
-    except libvirt.libvirtError as err:
-        raise LibvirtError(
-            f"defining the restored domain failed: {err.get_error_message()}"
-        ) from None
-    finally:
-        conn.close()
+    with libvirt_connection(uri) as conn:
+        try:
+            return str(conn.defineXML(xml.decode("utf-8")).name())
+        except libvirt.libvirtError as err:
+            raise LibvirtError(f"defining the restored domain failed: {error_text(err)}") from None
 
 
 class _PartialWatcher:
