@@ -140,8 +140,9 @@ def _make_chain(
     for ops, level in zip(writes_per_step, levels, strict=True):
         apply_ops(vm, target, ops)
         before = set(outdir.glob(f"{target}.diff.*.data")) if outdir.exists() else set()
+        wait_job_end(vm)  # an earlier backup of this VM (ours or the caller's) is over
         run(vm, outdir, level, compress=compress)
-        wait_job_end(vm)
+        wait_job_end(vm)  # before the next step's writes
         if level == "diff":
             (new,) = set(outdir.glob(f"{target}.diff.*.data")) - before
             name = "diff." + new.name.split(".")[2]
