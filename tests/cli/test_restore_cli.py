@@ -122,8 +122,8 @@ def test_restore_then_refuse_then_force(backup: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     first = run("restore", str(backup), "-o", str(out), "--format", "raw")
     assert first.exit_code == 0, first.output
-    assert first.output.startswith(f"vda: {out}/vda.raw (raw, 1.0 MiB, ")
-    assert "data at virtnbdbackup.1)" in first.output
+    assert first.output.startswith(f"vda: restored to {out}/vda.raw (raw, 1.0 MiB), ")
+    assert " data at virtnbdbackup.1, " in first.output
     second = run("restore", str(backup), "-o", str(out), "--format", "raw")
     assert second.exit_code == 5
     assert second.output == (

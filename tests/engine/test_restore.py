@@ -195,6 +195,7 @@ def test_progress_adds_up_to_the_data(backup: Path, tmp_path: Path) -> None:
     config = RestoreConfig(backup, tmp_path / "out", fmt="raw")
     the_plan = plan(config)
     assert the_plan.data_bytes == 64 * KiB + 300 * KiB + 10240 + 64 * KiB  # the final state
-    reported: list[int] = []
-    restore(config, the_plan, reported.append)
-    assert sum(reported) == the_plan.data_bytes
+    reported: list[tuple[str, int]] = []
+    restore(config, the_plan, lambda disk, done: reported.append((disk.disk, done)))
+    assert reported[-1] == ("vda", the_plan.data_bytes)
+    assert [done for _, done in reported] == sorted({done for _, done in reported})

@@ -3,27 +3,53 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from vbbackup.engine.info import InfoConfig, human_size, info, render
-from vbbackup.engine.restore import RestoreConfig, plan, restore
+from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
 from vbbackup.errors import VerifyError
 
 
-@contextmanager
-def _progress(length: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr (none when disabled or stderr is no terminal)."""
-    stderr = click.get_text_stream("stderr")
-    if not enabled or not stderr.isatty():
-        yield lambda n: None
-        return
-    with click.progressbar(length=length, label=label, file=stderr) as bar:
-        yield bar.update
+class _Display:
+    """A one-line progress display on stderr (a terminal only), as the backup commands draw."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._started: dict[str, float] = {}
+        self._drawn = 0.0
+
+    def restore(self, disk: DiskPlan, done: int) -> None:
+        self._draw(disk.disk, done, disk.data_bytes)
+
+    def bytes(self, total: int) -> Callable[[int], None]:
+        state = {"done": 0}
+
+        def update(n: int) -> None:
+            state["done"] += n
+            self._draw("verify", state["done"], total)
+
+        return update
+
+    def _draw(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        started = self._started.setdefault(label, now)
+        if not self.enabled or (now - self._drawn < 0.2 and done < total):
+            return
+        self._drawn = now
+        pct = 100 * done // total if total else 100
+        rate = done / max(now - started, 1e-6)
+        line = f"{label} {pct:3d}% {human_size(done)}/{human_size(total)} {human_size(int(rate))}/s"
+        click.echo("\r\x1b[K" + line, nl=False, err=True)
+
+    def clear(self) -> None:
+        if self.enabled:
+            click.echo("\r\x1b[K", nl=False, err=True)
 
 
 _backup_dir = click.argument(
@@ -79,14 +105,16 @@ def restore_command(
         directory, output, until, disks, fmt, preallocate, adjust_config, name, define, uri, force
     )
     the_plan = plan(config)
-    with _progress(the_plan.data_bytes, "restoring", not no_progress) as update:
-        result = restore(config, the_plan, update)
+    display = _Display(not no_progress)
+    try:
+        result = restore(config, the_plan, display.restore)
+    finally:
+        display.clear()
     for disk in result.disks:
-        rate = disk.data_bytes / disk.seconds / 1e6 if disk.seconds else 0.0
+        rate = human_size(int(disk.data_bytes / max(disk.seconds, 1e-6)))
         click.echo(
-            f"{disk.disk}: {disk.image} ({disk.fmt}, {human_size(disk.virtual_size)}, "
-            f"{human_size(disk.data_bytes)} data at {disk.point}) in {disk.seconds:.1f} s, "
-            f"{rate:.0f} MB/s"
+            f"{disk.disk}: restored to {disk.image} ({disk.fmt}, {human_size(disk.virtual_size)}), "
+            f"{human_size(disk.data_bytes)} data at {disk.point}, {disk.seconds:.1f} s, {rate}/s"
         )
     for path in result.boot_files:
         click.echo(f"boot file: {path}")
@@ -112,8 +140,11 @@ def info_command(directory: Path, as_json: bool) -> None:
 def verify_command(directory: Path, until: str | None, no_progress: bool) -> None:
     """Check every data file of DIR (checksums, structure, lz4) and the chain links."""
     config = VerifyConfig(directory, until)
-    with _progress(planned_bytes(config), "verifying", not no_progress) as update:
-        report = verify(config, update)
+    display = _Display(not no_progress)
+    try:
+        report = verify(config, display.bytes(planned_bytes(config)))
+    finally:
+        display.clear()
     for result in report.files:
         click.echo(f"{'ok' if result.sound else 'BAD'}  {result.path}")
     for warning in report.warnings:

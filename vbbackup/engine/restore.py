@@ -33,7 +33,8 @@ from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageEr
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
 from vbbackup.virt.connection import error_text, libvirt_connection
 
-Progress = Callable[[int], None]
+# (disk being written, its bytes written so far); called from a helper thread
+Progress = Callable[["DiskPlan", int], None]
 
 
 @dataclass(frozen=True)
@@ -318,5 +319,5 @@ class _PartialWatcher:
 
     def _report(self, done: int) -> None:
         if done > self._reported and self._progress is not None:
-            self._progress(done - self._reported)
+            self._progress(self._disk, done)
             self._reported = done
