@@ -23,6 +23,7 @@ from typing import Any
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import domain_lock
+from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import ChainError, LibvirtError, UsageError, VbError
 from vbbackup.format import StreamMeta, StreamWriter
 from vbbackup.fsutil import atomic_output, write_checksum
@@ -445,7 +446,7 @@ def _backup_disk(
 
         try:
             with atomic_output(plan.path) as f:
-                writer = StreamWriter(f, meta)
+                writer = StreamWriter(WritebackFile(f), meta)  # type: ignore[arg-type]
                 copy_extents(
                     reader,
                     extents,

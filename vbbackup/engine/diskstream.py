@@ -9,17 +9,22 @@ the writer, which takes finished pieces strictly in disk order::
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from vbbackup.errors import BackupInterrupted
 from vbbackup.format import StreamWriter, compress_chunk
-from vbbackup.nbdio import Extent, NbdReader, pieces
+from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
 
 Progress = Callable[[int], None]
+# Pieces read ahead by the NBD thread while this one writes: libnbd only moves
+# data while someone polls the handle, so reading needs a thread of its own.
+PREFETCH = 2
+_END = object()
 
 
 @dataclass
@@ -27,7 +32,7 @@ class _Chunk:
     """One read piece on its way to the file: raw bytes or a compression future."""
 
     raw_length: int
-    raw: bytearray | None = None
+    raw: memoryview | None = None
     frame: Future[bytes] | None = None
 
 
@@ -48,7 +53,8 @@ def copy_extents(
     pieces wait for it, so memory stays at a few request sizes.
     """
     queue: deque[_Chunk | tuple[str, int, int]] = deque()
-    reads = reader.read_pieces(pieces(extents, reader.request_size))
+    buffers = BufferPool(reader.request_size, reader.in_flight + PREFETCH + max_pending + 3)
+    reads = _prefetch(reader.read_pieces(pieces(extents, reader.request_size), buffers))
 
     def drain(limit: int) -> None:
         waiting = sum(isinstance(item, _Chunk) for item in queue)
@@ -56,6 +62,8 @@ def copy_extents(
             item = queue.popleft()
             waiting -= isinstance(item, _Chunk)
             _emit(writer, item, progress)
+            if isinstance(item, _Chunk):
+                buffers.put(item.raw)
 
     try:
         for ext in extents:
@@ -71,7 +79,8 @@ def copy_extents(
                 _start, buf = next(reads)
                 done += len(buf)
                 if writer.compressed and pool is not None:
-                    queue.append(_Chunk(len(buf), frame=pool.submit(compress_chunk, buf, level)))
+                    frame = pool.submit(compress_chunk, buf, level)
+                    queue.append(_Chunk(len(buf), raw=buf, frame=frame))
                 else:
                     queue.append(_Chunk(len(buf), raw=buf))
                 drain(max_pending)
@@ -82,6 +91,52 @@ def copy_extents(
         for item in queue:
             if isinstance(item, _Chunk) and item.frame is not None:
                 item.frame.cancel()
+
+
+class _prefetch:  # noqa: N801 - used like a generator
+    """Run an iterator in a thread of its own, ``PREFETCH`` items ahead of the consumer."""
+
+    def __init__(self, source: Iterator[tuple[int, memoryview]]) -> None:
+        self._source = source
+        self._queue: queue.Queue[object] = queue.Queue(PREFETCH)
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nbd-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as err:  # handed to the consumer, raised there
+            self._put(err)
+        finally:
+            self._source.close()  # type: ignore[attr-defined]
+
+    def _put(self, item: object) -> bool:
+        while not self._cancel.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _prefetch:
+        return self
+
+    def __next__(self) -> tuple[int, memoryview]:
+        item = self._queue.get()
+        if item is _END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._cancel.set()
+        self._thread.join()
 
 
 def _ready(item: _Chunk | tuple[str, int, int]) -> bool:

@@ -16,6 +16,7 @@ from types import TracebackType
 import nbd
 
 from vbbackup.errors import NbdError
+from vbbackup.nbdio.buffers import BufferPool
 from vbbackup.nbdio.extents import Extent, merge_extents
 
 BASE_ALLOCATION = "base:allocation"
@@ -154,14 +155,19 @@ class NbdReader:
             offset = covered
         return merge_extents(allocation), dirty
 
-    def read_pieces(self, pieces: Iterable[tuple[int, int]]) -> Iterator[tuple[int, bytearray]]:
+    def read_pieces(
+        self, pieces: Iterable[tuple[int, int]], pool: BufferPool | None = None
+    ) -> Iterator[tuple[int, memoryview]]:
         """Yield ``(offset, bytes)`` for each piece, in order, ``in_flight`` requests ahead.
 
-        Each piece gets its own buffer, so a consumer may keep it (e.g. hand it to a
-        compression thread) while later reads land in new ones.
+        Each piece lands in its own buffer from ``pool``, so a consumer may keep it
+        (e.g. hand it to a compression thread) while later reads land in others; it
+        gives the buffer back with ``pool.put(view)`` when done with it.
         """
         h = self.handle
-        pending: deque[tuple[int, bytearray, nbd.Buffer, int]] = deque()
+        if pool is None:
+            pool = BufferPool(self.request_size, 0)
+        pending: deque[tuple[int, memoryview, nbd.Buffer, int]] = deque()
         todo = iter(pieces)
         exhausted = False
         try:
@@ -172,7 +178,9 @@ class NbdReader:
                         exhausted = True
                         break
                     start, length = piece
-                    buf = bytearray(length)
+                    if length > pool.size:
+                        raise ValueError(f"piece of {length} bytes > buffer size {pool.size}")
+                    buf = memoryview(pool.get())[:length]
                     shared = nbd.Buffer.from_buffer(buf)
                     pending.append((start, buf, shared, h.aio_pread(shared, start)))
                 if not pending:
