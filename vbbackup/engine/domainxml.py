@@ -93,7 +93,7 @@ def adjust(
     root.attrib.pop("id", None)
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
-        dev = target.get("dev") if target is not None else None
+        dev = str(target.get("dev")) if target is not None else ""
         if dev not in images or disk.get("device", "disk") != "disk":
             disk.getparent().remove(disk)
             continue

@@ -179,24 +179,24 @@ def _check_disk(disk: str, result: Survey) -> None:
         return
     parent: str | None = None
     for k, name in enumerate(names):
-        entry = (fulls[0] if fulls else None) if k == 0 else incs.pop(name, None)
+        member = (fulls[0] if fulls else None) if k == 0 else incs.pop(name, None)
         expected = result.directory / (f"{disk}.full.data" if k == 0 else f"{disk}.inc.{name}.data")
-        if entry is None:
+        if member is None:
             what = "full backup" if k == 0 else "incremental"
             problems.append(Problem(expected, f"missing {what} (checkpoint {name})"))
-        elif entry.meta is not None:
-            meta = entry.meta
+        elif member.meta is not None:
+            meta = member.meta
             if meta.checkpoint_name != name:
                 problems.append(
                     Problem(
-                        entry.path,
+                        member.path,
                         f"is checkpoint {meta.checkpoint_name!r}, the chain expects {name!r}",
                     )
                 )
             if k > 0 and meta.parent_checkpoint != parent:
                 problems.append(
                     Problem(
-                        entry.path,
+                        member.path,
                         f"broken parent link: parent is {meta.parent_checkpoint!r}, "
                         f"expected {parent!r}",
                     )

@@ -221,7 +221,7 @@ def _files_until(
     target = next((e for e in files if until in (e.path.name, e.checkpoint)), None)
     if target is not None and target.data.level == COPY:
         return [target], {target.path}
-    base = until
+    base: str | None = until
     if target is not None and target.data.level == DIFF:
         base = target.meta.parent_checkpoint if target.meta else None
     if base not in names:
