@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.chain.chains import Model, write_chain, write_stream
-from vbbackup.chain import BackupSet, open_view
+from vbbackup.chain import BackupSet, PointInTimeView, open_view
 from vbbackup.errors import ChainError, StreamFormatError
 
 SIZE = 64 * 1024
@@ -199,3 +199,10 @@ def test_extents_limit_and_reads_from_threads(tmp_path: Path) -> None:
 def test_read_outside_the_disk(chain_dir: Path) -> None:
     with open_view(chain_dir) as view, pytest.raises(ValueError, match="outside the disk"):
         view.read(SIZE - 1, 2)
+
+
+def test_file_removed_after_the_scan(chain_dir: Path) -> None:
+    point = BackupSet(chain_dir).resolve()
+    os.unlink(chain_dir / "vda.inc.virtnbdbackup.2.data")
+    with pytest.raises(ChainError, match=r"missing file in the chain: .*inc.virtnbdbackup.2.data$"):
+        PointInTimeView(point)

@@ -12,13 +12,14 @@ import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from vbbackup.chain.backupset import BackupSet, PointInTime
 from vbbackup.chain.cache import DEFAULT_BUDGET, DecodedCache
 from vbbackup.chain.extentmap import ZERO, ExtentMap
-from vbbackup.errors import StreamFormatError
+from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.format import PayloadReader, StreamIndex, decompress_chunk, read_index
 
 _ZEROS = memoryview(bytes(1024 * 1024))
@@ -41,7 +42,7 @@ class PointInTimeView:
         self._cache = DecodedCache(cache_budget)
         with self._stack as stack:
             for data in point.files:
-                f: BinaryIO = stack.enter_context(open(data.path, "rb"))  # noqa: SIM115
+                f = stack.enter_context(_open(data.path))
                 index = read_index(f, str(data.path))
                 self._fds.append(f.fileno())
                 self._indexes.append(index)
@@ -121,6 +122,15 @@ class PointInTimeView:
             lo = max(offset, raw_off)
             hi = min(end, raw_off + raw_len)
             dst[lo - offset : hi - offset] = memoryview(data)[lo - raw_off : hi - raw_off]
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller's ExitStack owns it
+    except FileNotFoundError:
+        raise ChainError(f"missing file in the chain: {path}") from None
+    except OSError as err:
+        raise ChainError(f"cannot open {path}: {err.strerror}") from None
 
 
 def _decode(reader: PayloadReader, file_pos: int, csize: int, raw_len: int) -> bytes:
