@@ -1,0 +1,124 @@
+"""The admin options of a backup run, as small steps ``run_backup`` calls.
+
+    with domain_ready(dom, ops, say):            # --start-domain: start paused, destroy after
+        clear_jobs(dom, ops, say)                # a job still running: --kill-jobs aborts it
+        broken = broken_bitmaps(dom, parent, t)  # before reading: fall back or fail
+        if skip_run(dom, parent, t, ops, say):   # --estimate / --threshold
+            return
+        with freeze(dom, ops, say):              # guest agent, around the checkpoint
+            job = BackupJob(...)
+        save_boot_files(domain_xml, out, ident)  # kernel, initrd, loader, nvram
+
+Each step reads only ``BackupOptions``; none knows about click.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from vbbackup.errors import BackupBusyError, ChainError, LibvirtError
+from vbbackup.virt.agent import GuestFreeze
+from vbbackup.virt.estimate import checkpoint_sizes
+from vbbackup.virt.job import end_job
+from vbbackup.virt.offline import started_paused
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    start_domain: bool = False
+    freeze: bool = True
+    freeze_mountpoints: tuple[str, ...] = ()
+    estimate: bool = False
+    threshold: int | None = None
+    checkpoint_dir: Path | None = None  # default: DIR/checkpoints
+    fallback: bool = True
+    kill_jobs: bool = False
+
+
+@contextlib.contextmanager
+def domain_ready(dom: libvirt.virDomain, ops: BackupOptions, say: Say) -> Iterator[None]:
+    """A running domain as it is; a shut-off one started paused (--start-domain)."""
+    if dom.isActive():
+        yield
+        return
+    if not ops.start_domain:
+        raise LibvirtError(
+            f"domain {dom.name()!r} is not running: start it (paused is enough: "
+            f"virsh start --paused {dom.name()}), or give --start-domain"
+        )
+    with started_paused(dom):
+        say(f"started {dom.name()} paused for the backup; it is shut off again afterwards")
+        yield
+
+
+def clear_jobs(dom: libvirt.virDomain, ops: BackupOptions, say: Say) -> None:
+    """A job still running (another tool's, or a killed run's): abort it only if asked."""
+    if not dom.isActive() or dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+        return
+    if not ops.kill_jobs:
+        raise BackupBusyError(
+            f"a block job is running on {dom.name()} (another backup, or one left by a killed "
+            "run): wait for it, or abort it with --kill-jobs"
+        )
+    end_job(dom)
+    say(f"aborted the job that was running on {dom.name()} (--kill-jobs)")
+
+
+def broken_bitmaps(dom: libvirt.virDomain, checkpoint: str, targets: list[str]) -> list[str]:
+    """Disks whose bitmap of ``checkpoint`` QEMU lacks: an inc cannot be read from them."""
+    sizes = checkpoint_sizes(dom, checkpoint)
+    return [t for t in targets if t in sizes and sizes[t] is None]
+
+
+def fallback_dir(directory: Path) -> Path:
+    """The next chain directory beside ``directory``: ``DIR.1``, ``DIR.2``, ..."""
+    n = 1
+    while directory.with_name(f"{directory.name}.{n}").exists():
+        n += 1
+    return directory.with_name(f"{directory.name}.{n}")
+
+
+def refuse_or_fall_back(directory: Path, problem: str, ops: BackupOptions, say: Say) -> Path:
+    """--no-fallback: fail with the problem; else warn and name the new chain's directory."""
+    if not ops.fallback:
+        raise ChainError(f"{problem}; start a new chain with `vbbackup full` (--no-fallback)")
+    target = fallback_dir(directory)
+    say(f"warning: {problem}; falling back to a full backup into a new chain: {target}")
+    return target
+
+
+def skip_run(
+    dom: libvirt.virDomain, checkpoint: str, targets: list[str], ops: BackupOptions, say: Say
+) -> bool:
+    """--estimate prints what an inc/diff would write; --threshold skips small changes."""
+    if not ops.estimate and ops.threshold is None:
+        return False
+    sizes = checkpoint_sizes(dom, checkpoint)
+    changed = sum(sizes.get(t) or 0 for t in targets)
+    if ops.estimate:
+        per_disk = ", ".join(f"{t} {sizes.get(t) or 0}" for t in targets)
+        say(f"estimate: {changed} bytes changed since {checkpoint} ({per_disk})")
+        return True
+    if ops.threshold is not None and changed < ops.threshold:
+        say(
+            f"skipped: {changed} bytes changed since {checkpoint}, "
+            f"less than the threshold of {ops.threshold}"
+        )
+        return True
+    return False
+
+
+def freeze(
+    dom: libvirt.virDomain, ops: BackupOptions, say: Say
+) -> contextlib.AbstractContextManager[object]:
+    """Guest filesystems frozen around the checkpoint, unless --no-freeze."""
+    if not ops.freeze:
+        return contextlib.nullcontext()
+    return GuestFreeze(dom, ops.freeze_mountpoints, say)
