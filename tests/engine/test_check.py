@@ -180,4 +180,4 @@ def test_unknown_domain_is_one_line() -> None:
     ensure_libvirtd()
     code, lines = _cli("vbtest-no-such-domain")
     assert code == 6
-    assert lines == ["vbbackup: error: no domain 'vbtest-no-such-domain' on qemu:///system"]
+    assert lines == ["vbbackup: error: domain 'vbtest-no-such-domain' not found at qemu:///system"]

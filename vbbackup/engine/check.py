@@ -24,7 +24,8 @@ import libvirt_qemu
 from lxml import etree
 
 from vbbackup.chain.backupset import BackupSet, start_at_full
-from vbbackup.errors import ChainError, LibvirtError, VbError
+from vbbackup.errors import ChainError, VbError
+from vbbackup.virt.connection import libvirt_connection, lookup_domain
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,8 @@ def check(config: CheckConfig) -> CheckReport:
 
 
 def gather_domain(name: str, uri: str) -> DomainState:
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as err:
-        raise LibvirtError(f"cannot connect to {uri}: {err.get_error_message()}") from None
-    try:
-        try:
-            dom = conn.lookupByName(name)
-        except libvirt.libvirtError:
-            raise LibvirtError(f"no domain {name!r} on {uri}") from None
+    with libvirt_connection(uri) as conn:
+        dom = lookup_domain(conn, name)
         running = bool(dom.isActive())
         images = _qcow2_images(dom.XMLDesc(0))
         checkpoints: dict[str, dict[str, str]] = {}
@@ -118,8 +112,6 @@ def gather_domain(name: str, uri: str) -> DomainState:
                 bitmaps[target].update(live)
         job = running and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
         return DomainState(name, running, images, checkpoints, _order(parents), bitmaps, job)
-    finally:
-        conn.close()
 
 
 def _order(parents: dict[str, str | None]) -> list[str]:
