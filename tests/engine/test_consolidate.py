@@ -273,3 +273,27 @@ def test_virtnbdrestore_restores_a_set_crashed_after_the_swap(
     out = tmp_path / "restore"
     out.mkdir()
     assert _same(_virtnbdrestore(tmp_path / "crashed", out), points[-1][1])
+
+
+@pytest.mark.integration
+def test_our_next_inc_continues_a_consolidated_chain(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from vbbackup.engine.backup import BackupConfig, run_backup
+
+    vm: TestVM = make_vm(disks=[DiskSpec("vda", VM_SIZE)])
+    out = tmp_path / "chain"
+    expected = {}
+    for k, level in enumerate(["full", "inc", "inc"]):
+        vm.write_pattern("vda", k * MiB + 4096 * k, MiB, 0x10 + k)
+        result = run_backup(BackupConfig(domain=vm.name, level=level, output=out, compress=2))
+        expected[result.checkpoint] = vm.expected("vda")
+    consolidate(ConsolidateConfig(out), lambda _: None)
+    assert [p.name for p in out.glob("*.data")] == ["vda.full.data"]
+    vm.discard("vda", 0, MiB)
+    vm.write_pattern("vda", 9 * MiB, 4096, 0x99)
+    result = run_backup(BackupConfig(domain=vm.name, level="inc", output=out, compress=2))
+    assert result.checkpoint == "virtnbdbackup.3"
+    expected[result.checkpoint] = vm.expected("vda")
+    for name in ("virtnbdbackup.2", "virtnbdbackup.3"):
+        with open_view(out, until=name) as view:
+            assert view.read(0, view.size) == expected[name].read_bytes(), name
+    assert verify(VerifyConfig(out)).sound
