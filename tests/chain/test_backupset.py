@@ -206,3 +206,25 @@ def test_file_removed_after_the_scan(chain_dir: Path) -> None:
     os.unlink(chain_dir / "vda.inc.virtnbdbackup.2.data")
     with pytest.raises(ChainError, match=r"missing file in the chain: .*inc.virtnbdbackup.2.data$"):
         PointInTimeView(point)
+
+
+@pytest.mark.parametrize("new_size", [SIZE * 2, SIZE // 2])
+def test_disk_resized_between_backups(tmp_path: Path, new_size: int) -> None:
+    """The newest file's size wins; older bytes past a shrunk end are cut off."""
+    write_stream(tmp_path / "vda.full.data", SIZE, [(0, b"a" * SIZE)], checkpoint="c0", parent=None)
+    write_stream(
+        tmp_path / "vda.inc.c1.data",
+        new_size,
+        [(new_size - 4096, b"b" * 4096)],
+        checkpoint="c1",
+        parent="c0",
+    )
+    (tmp_path / "vm.cpt").write_text(json.dumps(["c0", "c1"]))
+    expected = bytearray(new_size)
+    kept = min(SIZE, new_size)
+    expected[:kept] = b"a" * kept
+    expected[new_size - 4096 :] = b"b" * 4096
+    with open_view(tmp_path) as view:
+        assert view.size == new_size
+        assert view.read(0, new_size) == expected
+        assert view.extents(0, new_size)[-1][2] is False
