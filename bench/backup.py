@@ -9,13 +9,17 @@ compressible text. Measured in one run, each into a fresh directory:
   vbbackup     full, full --compress, inc after --inc-percent new data
   virtnbdbackup the same three runs, when installed
 Wall time of the whole command (job start to end, files fsync'ed by ours); MB/s =
-data bytes read / time; peak RSS of the process (wait4). Prints a Markdown table.
+data bytes read / time; peak RSS of the process (wait4). Each run is repeated
+--repeat times, interleaved, and the median taken (the machine is shared).
+Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,16 +57,21 @@ def make_image(path: Path, size: int, data: int) -> None:
 
 
 def timed(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command, which must succeed."""
+    """Wall seconds and peak RSS (bytes) of one command, which must succeed.
+
+    The RSS comes from /usr/bin/time: a child forked from this (big) process would
+    report this process's RSS at fork time as its peak.
+    """
     start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "maxrss %M", *argv], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, check=False,
+    )  # fmt: skip
     elapsed = time.monotonic() - start
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
-    return elapsed, usage.ru_maxrss * 1024
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    rss = int(done.stderr.strip().splitlines()[-1].split()[-1]) * 1024
+    return elapsed, rss
 
 
 def wait_idle(vm: TestVM) -> None:
@@ -75,6 +84,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--data-mib", type=int, default=1024)
     parser.add_argument("--inc-percent", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     args = parser.parse_args()
     size, data = args.size_mib * MiB, args.data_mib * MiB
@@ -87,55 +97,75 @@ def main() -> int:
         make_image(image, size, data)
         with TestVM(conn, [DiskSpec("vda", size, image=image)]) as vm:
             image.unlink()
-            inc_bytes = int(data * args.inc_percent / 100) // MiB * MiB
+            inc_bytes = int(data * args.inc_percent / 100) // (4 * MiB) * 4 * MiB
 
             def write_new_data(seed: int) -> None:
                 # into the holes, so that the increment is exactly inc_bytes of new data
-                for done in range(0, inc_bytes, 4 * MiB):
-                    hole = EXTENT + 2 * EXTENT * (done // EXTENT) + seed * 4 * MiB
-                    vm.write("vda", hole + done % EXTENT, os.urandom(4 * MiB))
+                for i in range(inc_bytes // (4 * MiB)):
+                    hole = EXTENT + 2 * EXTENT * i + (seed % 4) * 4 * MiB
+                    vm.write("vda", hole, os.urandom(4 * MiB))
 
-            with pull_backup(vm) as job:
-                target = work / "nbdcopy.raw"
-                secs, rss = timed(["nbdcopy", "--flush", job.nbd_uri("vda"), str(target)])
-                rows.append(("nbdcopy into a file (the limit)", secs, data, rss))
-                target.unlink()
+            have_vnb = shutil.which("virtnbdbackup") is not None
+            runs: dict[str, list[tuple[float, int]]] = {}
+
+            def record(name: str, result: tuple[float, int]) -> None:
+                runs.setdefault(name, []).append(result)
 
             def ours(level: str, out: str, *extra: str) -> tuple[float, int]:
                 return timed([*VBBACKUP, level, vm.name, "-o", str(work / out), "-q", *extra])
 
-            secs, rss = ours("full", "ours")
-            rows.append(("vbbackup full", secs, data, rss))
-            secs, rss = ours("full", "ours-lz4", "--compress")
-            rows.append(("vbbackup full --compress", secs, data, rss))
-            write_new_data(0)
-            secs, rss = ours("inc", "ours")
-            rows.append((f"vbbackup inc ({args.inc_percent:g}% new)", secs, inc_bytes, rss))
+            def theirs(level: str, out: str, *extra: str) -> tuple[float, int]:
+                sock = str(vm.dir / "vnb.sock")
+                argv = ["virtnbdbackup", "-d", vm.name, "-l", level, "-o", str(work / out),
+                        "-n", "-f", sock, "-S", str(vm.dir), *extra]  # fmt: skip
+                result = timed(argv)
+                wait_idle(vm)  # it ends its job without waiting for the end
+                return result
 
-            if subprocess.run(["which", "virtnbdbackup"], capture_output=True).returncode == 0:
+            def fresh(out: str) -> str:
+                shutil.rmtree(work / out, ignore_errors=True)
+                return out
 
-                def theirs(level: str, out: str, *extra: str) -> tuple[float, int]:
-                    sock = str(vm.dir / "vnb.sock")
-                    argv = ["virtnbdbackup", "-d", vm.name, "-l", level, "-o", str(work / out),
-                            "-n", "-f", sock, "-S", str(vm.dir), *extra]  # fmt: skip
-                    result = timed(argv)
-                    wait_idle(vm)  # it ends its job without waiting for the end
-                    return result
-
-                secs, rss = theirs("full", "vnb")
-                rows.append(("virtnbdbackup full", secs, data, rss))
-                secs, rss = theirs("full", "vnb-lz4", "-z")
-                rows.append(("virtnbdbackup full --compress", secs, data, rss))
-                write_new_data(1)
-                secs, rss = theirs("inc", "vnb")
-                rows.append(
-                    (f"virtnbdbackup inc ({args.inc_percent:g}% new)", secs, inc_bytes, rss)
-                )
+            # Interleaved repeats: the machine is shared, so each figure is a median.
+            for _ in range(args.repeat):
+                with pull_backup(vm) as job:
+                    target = work / "nbdcopy.raw"
+                    record(
+                        "nbdcopy", timed(["nbdcopy", "--flush", job.nbd_uri("vda"), str(target)])
+                    )
+                    target.unlink()
+                record("ours full", ours("full", fresh("ours")))
+                record("ours full -z", ours("full", fresh("ours-lz4"), "--compress"))
+                if have_vnb:
+                    record("vnb full", theirs("full", fresh("vnb")))
+                    record("vnb full -z", theirs("full", fresh("vnb-lz4"), "-z"))
             sizes = {
                 out: sum(p.stat().st_size for p in (work / out).glob("*.data"))
                 for out in ("ours", "ours-lz4", "vnb", "vnb-lz4")
                 if (work / out).exists()
             }
+            ours("full", fresh("ours"))
+            for i in range(args.repeat):
+                write_new_data(i)
+                record("ours inc", ours("inc", "ours"))
+            if have_vnb:
+                theirs("full", fresh("vnb"))
+                for i in range(args.repeat):
+                    write_new_data(args.repeat + i)
+                    record("vnb inc", theirs("inc", "vnb"))
+            labels = {
+                "nbdcopy": ("nbdcopy into a file (the limit)", data),
+                "ours full": ("vbbackup full", data),
+                "ours full -z": ("vbbackup full --compress", data),
+                "ours inc": (f"vbbackup inc ({args.inc_percent:g}% new)", inc_bytes),
+                "vnb full": ("virtnbdbackup full", data),
+                "vnb full -z": ("virtnbdbackup full --compress", data),
+                "vnb inc": (f"virtnbdbackup inc ({args.inc_percent:g}% new)", inc_bytes),
+            }
+            for key, (label, nbytes) in labels.items():
+                if key in runs:
+                    secs = statistics.median(t for t, _ in runs[key])
+                    rows.append((label, secs, nbytes, max(r for _, r in runs[key])))
     conn.close()
 
     limit = data / rows[0][1]

@@ -64,7 +64,7 @@ class BackupConfig:
     scratch_dir: Path = Path("/var/tmp")
     sparse_detection: bool = True
     raw: bool = False
-    request_size: int = 8 * MiB
+    request_size: int = 4 * MiB
     in_flight: int = 4
 
 

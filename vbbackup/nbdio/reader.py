@@ -24,7 +24,7 @@ DIRTY_FLAG = 1  # qemu:dirty-bitmap:* contexts: the range changed
 # Block status is asked for in pieces: the protocol's count is 32 bits, and a
 # bounded piece keeps each reply's extent list small.
 STATUS_PIECE = 1024 * 1024 * 1024
-DEFAULT_REQUEST = 8 * 1024 * 1024
+DEFAULT_REQUEST = 4 * 1024 * 1024
 DEFAULT_IN_FLIGHT = 4
 
 
