@@ -10,7 +10,7 @@ import pytest
 
 from tests.harness.libvirtd import capabilities, ensure_libvirtd
 from vbbackup.errors import VbError
-from vbbackup.virt.bootfiles import BootFile, boot_files, save_boot_files
+from vbbackup.virt.bootfiles import BootFile, boot_files, save_boot_files, saved_boot_files
 
 
 def _xml(name: str, files: dict[str, Path]) -> str:
@@ -84,3 +84,17 @@ def test_from_a_uefi_domain_defined_in_libvirt(tmp_path: Path) -> None:
     saved = save_boot_files(xml, out, "virtnbdbackup.0")
     assert [p.name for p in saved] == [f"{code.name}.virtnbdbackup.0", "vars.fd.virtnbdbackup.0"]
     assert saved[0].read_bytes() == code.read_bytes()
+
+
+def test_saved_boot_files_are_found_from_the_sets_domain_xml(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    out = tmp_path / "set"
+    out.mkdir()
+    xml = _xml("vm", {"kernel": files["kernel"], "nvram": files["nvram"]})
+    (out / "vmconfig.virtnbdbackup.0.xml").write_text(xml)
+    save_boot_files(xml, out, "virtnbdbackup.0")
+    (out / "vda.full.data").write_bytes(b"")  # not a boot file
+    assert saved_boot_files(out) == [
+        ("kernel", out / "kernel-file.bin.virtnbdbackup.0"),
+        ("nvram", out / "nvram-file.bin.virtnbdbackup.0"),
+    ]

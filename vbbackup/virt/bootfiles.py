@@ -8,6 +8,7 @@ copy), where its virtnbdrestore finds them too.
 
 from __future__ import annotations
 
+import glob
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,3 +54,19 @@ def save_boot_files(domain_xml: str | bytes, directory: Path, ident: str | None)
             raise VbError(f"cannot save the {item.kind} file {item.path}: {err.strerror}") from None
         saved.append(target)
     return saved
+
+
+def saved_boot_files(directory: Path) -> list[tuple[str, Path]]:
+    """(kind, saved copy) for each boot file the set's domain XMLs name, newest copy last."""
+    found: dict[Path, str] = {}
+    for config in sorted(directory.glob("vmconfig.*.xml")):
+        try:
+            items = boot_files(config.read_bytes())
+        except (OSError, etree.XMLSyntaxError):
+            continue
+        for item in items:
+            for copy in sorted(directory.glob(f"{glob.escape(item.path.name)}*")):
+                found.setdefault(copy, item.kind)
+    return sorted(
+        ((kind, path) for path, kind in found.items()), key=lambda kp: kp[1].stat().st_mtime
+    )
