@@ -16,6 +16,7 @@ PACKAGES=(
     python3-lz4 python3-lxml python3-click python3-venv python3-pip
     fuse3 fdisk e2fsprogs xfsprogs dosfstools
     virtnbdbackup ovmf openssh-server openssh-client
+    time  # /usr/bin/time: peak RSS in bench/backup.py
 )
 
 log() { echo "setup: $*" >&2; }
