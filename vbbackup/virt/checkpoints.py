@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
 from vbbackup.errors import LibvirtError
 from vbbackup.virt.connection import error_text
+from vbbackup.virt.xmltext import escape, quoteattr
 
 CHECKPOINT_PREFIX = "virtnbdbackup."
 _NAME = re.compile(r"^virtnbdbackup\.(\d+)$")

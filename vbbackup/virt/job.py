@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
-from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 from lxml import etree
 
 from vbbackup.errors import BackupBusyError, BackupInterrupted, LibvirtError
 from vbbackup.virt.connection import error_text
+from vbbackup.virt.xmltext import escape, quoteattr
 
 SOCKET_PREFIX = "vbbackup-"
 END_TIMEOUT = 30.0
