@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from vbbackup.cli.ops_options import backup_options, ops_options
 from vbbackup.engine.backup import BackupConfig, DiskResult, Reporter, run_backup
 
 DEFAULT_ROOT = Path("/var/lib/vbbackup")
@@ -128,10 +129,11 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _make_command(level: str) -> click.Command:
     @click.command(level, help=_HELP[level])
     @_options
+    @ops_options
     def command(domain: str, output: Path | None, uri: str, include: tuple[str, ...],
                 exclude: tuple[str, ...], compress: int | None, workers: int | None,
                 scratchdir: Path, no_sparse_detection: bool, raw: bool, as_json: bool,
-                quiet: bool, verbose: bool, no_progress: bool) -> None:  # fmt: skip
+                quiet: bool, verbose: bool, no_progress: bool, **ops: Any) -> None:  # fmt: skip
         if verbose:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -148,6 +150,7 @@ def _make_command(level: str) -> click.Command:
             scratch_dir=scratchdir,
             sparse_detection=not no_sparse_detection,
             raw=raw,
+            ops=backup_options(**ops),
         )
         result = run_backup(config, CliReporter(quiet or verbose, not no_progress))
         if as_json:

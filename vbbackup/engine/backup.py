@@ -15,11 +15,22 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from vbbackup.engine.backup_ops import (
+    BackupOptions,
+    BrokenChainError,
+    check_bitmaps,
+    check_options,
+    clear_jobs,
+    domain_ready,
+    freeze,
+    refuse_or_fall_back,
+    skip_run,
+)
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import domain_lock
@@ -39,6 +50,7 @@ from vbbackup.virt import (
     libvirt_connection,
     lookup_domain,
 )
+from vbbackup.virt.bootfiles import save_boot_files
 from vbbackup.virt.checkpoints import checkpoint_name, checkpoint_xml
 from vbbackup.virt.imageinfo import qcow2_compat
 from vbbackup.virt.job import end_stale_job
@@ -66,6 +78,7 @@ class BackupConfig:
     raw: bool = False
     request_size: int = 4 * MiB
     in_flight: int = 4
+    ops: BackupOptions = BackupOptions()  # admin options (see backup_ops)
 
 
 @dataclass
@@ -125,30 +138,41 @@ class _DiskPlan:
 
 
 def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> BackupResult:
-    """Back up one running domain into ``config.output``; see the module docstring."""
+    """Back up one domain into ``config.output``; see the module docstring.
+
+    A chain that cannot go on falls back to a full into the next chain directory
+    (``DIR.1``...) with a warning, or fails with ``--no-fallback`` (see backup_ops).
+    """
     reporter = reporter or Reporter()
+    try:
+        return _run_backup(config, reporter)
+    except BrokenChainError as err:
+        target = refuse_or_fall_back(config.output, str(err), config.ops, reporter.info)
+        return _run_backup(replace(config, level=FULL, output=target), reporter)
+
+
+def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
     if config.level not in LEVELS:
         raise UsageError(f"unknown backup level {config.level!r} (one of {', '.join(LEVELS)})")
     started = time.monotonic()
-    out = BackupDir(config.output, config.domain)
+    out = BackupDir(config.output, config.domain, config.ops.checkpoint_dir)
     with ExitStack() as stack:
         conn = stack.enter_context(libvirt_connection(config.uri))
         dom = lookup_domain(conn, config.domain)
         stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
         out.create()
         level = _resolve_level(config.level, out)
-        stack.enter_context(_run_log(out, level))
+        check_options(level, config.ops)
+        if not config.ops.estimate:
+            stack.enter_context(_run_log(out, level))
         if level in (INC, DIFF):
             _require_chain(out, out.checkpoints())
         log.info("vbbackup %s of %s into %s", level, config.domain, out.path)
-        if not dom.isActive():
-            raise LibvirtError(
-                f"domain {config.domain!r} is not running: vbbackup backs up running domains "
-                f"(start it, paused is enough: virsh start --paused {config.domain})"
-            )
+        stack.enter_context(domain_ready(dom, config.ops, reporter.info))
         stale = end_stale_job(dom)
         if stale:
             reporter.info(f"ended a backup job left by a run that died (socket {stale})")
+        clear_jobs(dom, config.ops, reporter.info)
         domain_xml = dom.XMLDesc(0)
         chosen, skipped = select_disks(domain_disks(domain_xml), config, level)
         for target, why in skipped.items():
@@ -158,7 +182,14 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
 
         cps = Checkpoints(dom)
         chain = out.checkpoints()
+        bitmap_disks = [d.target for d in chosen if d.bitmap_capable]
+        if level in (INC, DIFF) and skip_run(
+            dom, chain[-1], bitmap_disks, config.ops, reporter.info
+        ):
+            return BackupResult(config.domain, level, str(out.path), None, skipped=skipped)
         parent, new_cp, meta_cp = _plan_checkpoints(level, out, cps, chain, chosen, reporter)
+        if parent is not None:
+            check_bitmaps(dom, parent, bitmap_disks)
         ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[level]
         plans = [_plan_disk(d, level, out, ident or "", meta_cp, parent) for d in chosen]
         leftovers = out.partial_files()
@@ -174,19 +205,23 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
 
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
         others = [d.target for d in domain_disks(domain_xml) if d.target not in chain_targets]
-        job = stack.enter_context(
-            BackupJob(
-                dom,
-                [p.disk.target for p in plans],
-                [d.target for d in domain_disks(domain_xml) if d not in chosen],
-                config.scratch_dir,
-                incremental=parent if level in (INC, DIFF) else None,
-                checkpoint_xml=checkpoint_xml(new_cp, chain_targets, others) if new_cp else None,
+        with freeze(dom, config.ops, reporter.info):  # thawed as soon as the job has begun
+            job = stack.enter_context(
+                BackupJob(
+                    dom,
+                    [p.disk.target for p in plans],
+                    [d.target for d in domain_disks(domain_xml) if d not in chosen],
+                    config.scratch_dir,
+                    incremental=parent if level in (INC, DIFF) else None,
+                    checkpoint_xml=checkpoint_xml(new_cp, chain_targets, others)
+                    if new_cp
+                    else None,
+                )
             )
-        )
         if new_cp:
             out.save_checkpoint_xml(new_cp, cps.dump(new_cp))
         out.save_vmconfig(ident or COPY, domain_xml)
+        save_boot_files(domain_xml, out.path, None if level == COPY else ident)
         for target, info in infos.items():
             out.save_image_info(target, ident or COPY, info)
 
@@ -351,7 +386,7 @@ def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]
                 raise LibvirtError(f"no {out.path}/checkpoints/{name}.xml")
             cps.redefine(xml)
         except LibvirtError as err:
-            raise ChainError(
+            raise BrokenChainError(
                 f"checkpoint {name} of the chain in {out.path} is gone from domain "
                 f"{out.domain!r} and cannot be redefined ({err}); a full backup elsewhere "
                 "may have started a new chain: run `vbbackup full` into a new directory"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import libvirt
 
-from vbbackup.errors import BackupBusyError, ChainError, LibvirtError
+from vbbackup.errors import BackupBusyError, ChainError, LibvirtError, UsageError
 from vbbackup.virt.agent import GuestFreeze
 from vbbackup.virt.estimate import checkpoint_sizes
 from vbbackup.virt.job import end_job
@@ -122,3 +122,25 @@ def freeze(
     if not ops.freeze:
         return contextlib.nullcontext()
     return GuestFreeze(dom, ops.freeze_mountpoints, say)
+
+
+class BrokenChainError(ChainError):
+    """The chain cannot go on (checkpoint lost for good, bitmap missing): fall back."""
+
+
+def check_options(level: str, ops: BackupOptions) -> None:
+    """--estimate and --threshold measure changes since a checkpoint: inc and diff only."""
+    if (ops.estimate or ops.threshold is not None) and level not in ("inc", "diff"):
+        raise UsageError(
+            f"--estimate and --threshold apply to inc and diff backups; this run is a {level}"
+        )
+
+
+def check_bitmaps(dom: libvirt.virDomain, checkpoint: str, targets: list[str]) -> None:
+    """Before any job: every disk must still have the bitmap of the chain's last checkpoint."""
+    broken = broken_bitmaps(dom, checkpoint, targets)
+    if broken:
+        raise BrokenChainError(
+            f"the bitmap of checkpoint {checkpoint} is missing or broken in QEMU for disk "
+            f"{', '.join(broken)} of {dom.name()}: no incremental backup can be read from it"
+        )

@@ -29,15 +29,16 @@ FULL, INC, DIFF, COPY = "full", "inc", "diff", "copy"
 class BackupDir:
     """Names and side files of one domain's backup directory."""
 
-    def __init__(self, path: Path, domain: str) -> None:
+    def __init__(self, path: Path, domain: str, checkpoint_dir: Path | None = None) -> None:
         self.path = path
         self.domain = domain
+        self.checkpoint_dir = checkpoint_dir or path / "checkpoints"
         self.cpt_path = path / f"{domain}.cpt"
 
     def create(self) -> None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise VbError(f"cannot create output directory {self.path}: {err.strerror}") from None
         probe = self.path / ".vbbackup-write-test"
@@ -98,11 +99,11 @@ class BackupDir:
     # -- side files ---------------------------------------------------------------------
 
     def save_checkpoint_xml(self, name: str, xml: str) -> None:
-        write_small_file(self.path / "checkpoints" / f"{name}.xml", xml.encode())
+        write_small_file(self.checkpoint_dir / f"{name}.xml", xml.encode())
 
     def checkpoint_xml(self, name: str) -> str | None:
         try:
-            return (self.path / "checkpoints" / f"{name}.xml").read_text()
+            return (self.checkpoint_dir / f"{name}.xml").read_text()
         except FileNotFoundError:
             return None
 
