@@ -100,3 +100,26 @@ def test_a_copy_only_disk_next_to_a_chain_is_no_problem(backup: Path) -> None:
     report = info(InfoConfig(backup))
     assert [b["level"] for b in report["disks"]["vdc"]] == ["copy"]
     assert not [p for p in report["problems"] if "vdc" in p]
+
+
+def test_saved_boot_files_are_listed(backup: Path) -> None:
+    xml = (
+        "<domain><name>vm</name><os><type>hvm</type>"
+        "<nvram>/var/lib/libvirt/qemu/nvram/vm_VARS.fd</nvram>"
+        "<kernel>/boot/vmlinuz</kernel></os></domain>"
+    )
+    (backup / "vmconfig.virtnbdbackup.0.xml").write_text(xml)
+    (backup / "vmconfig.virtnbdbackup.1.xml").write_text(xml)
+    for name in (
+        "vm_VARS.fd.virtnbdbackup.0",
+        "vm_VARS.fd.virtnbdbackup.1",
+        "vmlinuz.virtnbdbackup.0",
+    ):
+        (backup / name).write_bytes(b"x")
+    report = info(InfoConfig(backup))
+    assert [(b["kind"], b["file"]) for b in report["boot_files"]] == [
+        ("nvram", "vm_VARS.fd.virtnbdbackup.0"),
+        ("nvram", "vm_VARS.fd.virtnbdbackup.1"),
+        ("kernel", "vmlinuz.virtnbdbackup.0"),
+    ]
+    assert "  kernel  vmlinuz.virtnbdbackup.0  (from /boot/vmlinuz)" in render(report)

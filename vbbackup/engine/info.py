@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from vbbackup.chain import COPY, DIFF
+from vbbackup.engine import domainxml
 from vbbackup.engine.survey import FileEntry, Survey, survey
+from vbbackup.errors import VbError
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ def info(config: InfoConfig) -> dict[str, Any]:
         "domain": found.domain,
         "chain": _chain(found),
         "disks": {disk: [_backup(e) for e in entries] for disk, entries in found.disks.items()},
+        "boot_files": _boot_files(found.directory),
         "problems": [str(p) for p in found.problems],
         "warnings": found.warnings,
     }
@@ -49,6 +52,22 @@ def _chain(found: Survey) -> list[dict[str, Any]]:
                 if entry.data.level not in (COPY,):
                     point["parent"] = point["parent"] or entry.meta.parent_checkpoint
     return list(points.values())
+
+
+def _boot_files(directory: Path) -> list[dict[str, str]]:
+    """Kernel, initrd, loader and NVRAM files saved with the backups (``<name>.<ident>``)."""
+    found: dict[str, dict[str, str]] = {}
+    for xml in sorted(directory.glob("vmconfig.*.xml")):
+        try:
+            tree = domainxml.parse(xml)
+        except VbError:
+            continue
+        for element, original in domainxml.boot_files(tree).items():
+            base = Path(original).name
+            for saved in [directory / base, *directory.glob(f"{base}.*")]:
+                if saved.is_file() and not saved.name.endswith(".partial"):
+                    found[saved.name] = {"kind": element, "file": saved.name, "source": original}
+    return [found[name] for name in sorted(found)]
 
 
 def _backup(entry: FileEntry) -> dict[str, Any]:
@@ -117,6 +136,11 @@ def render(report: dict[str, Any]) -> str:
         for row in rows:
             cells = (c.ljust(w) for c, w in zip(row, widths, strict=True))
             lines.append(("  " + "  ".join(cells)).rstrip())
+    if report["boot_files"]:
+        lines += ["", "Boot files:"]
+        lines += [
+            f"  {b['kind']:<7} {b['file']}  (from {b['source']})" for b in report["boot_files"]
+        ]
     lines.append("")
     if report["problems"]:
         lines.append(f"Problems ({len(report['problems'])}):")
