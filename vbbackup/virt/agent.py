@@ -4,8 +4,9 @@
         dom.backupBegin(...)                    # the checkpoint is consistent
     # fsThaw on every path, also when backupBegin raised
 
-Without an agent (none configured, not answering, domain paused) the
-backup goes on crash-consistent, and the user is told so in one line.
+A paused domain is left alone (its guest runs nothing). A running one
+without an agent (none configured, not answering) is backed up
+crash-consistent, and the user is told so in one line.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class GuestFreeze:
         self.frozen = 0  # number of filesystems the agent froze
 
     def __enter__(self) -> GuestFreeze:
+        if self.dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+            return self  # a paused guest runs nothing: there is nothing to freeze
         try:
             self.frozen = self.dom.fsFreeze(self.mountpoints, 0)
         except libvirt.libvirtError as err:

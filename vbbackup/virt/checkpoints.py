@@ -14,6 +14,7 @@ import libvirt
 
 from vbbackup.errors import LibvirtError
 from vbbackup.virt.connection import error_text
+from vbbackup.virt.estimate import checkpoint_sizes
 from vbbackup.virt.xmltext import escape, quoteattr
 
 CHECKPOINT_PREFIX = "virtnbdbackup."
@@ -67,8 +68,11 @@ class Checkpoints:
             reverse=True,
         )
         for name in doomed:
+            # a checkpoint whose bitmap QEMU lost can only lose its metadata (backup_ops)
+            intact = None not in checkpoint_sizes(self.dom, name).values()
+            flags = 0 if intact else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
             try:
-                self.dom.checkpointLookupByName(name).delete(0)
+                self.dom.checkpointLookupByName(name).delete(flags)
             except libvirt.libvirtError as err:
                 raise LibvirtError(f"cannot delete checkpoint {name}: {error_text(err)}") from None
         return doomed

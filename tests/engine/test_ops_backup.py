@@ -1,0 +1,165 @@
+"""The admin options of `vbbackup full|inc`, end to end on real domains through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+import pytest
+from click.testing import CliRunner
+
+from tests.harness.backup import pull_backup
+from tests.harness.vm import DiskSpec, MiB, TestVM
+from vbbackup.chain import open_view
+from vbbackup.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner(mix_stderr=False).invoke(main, list(args), prog_name="vbbackup")
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout + result.stderr
+
+
+def _reads_as(directory: Path, until: str, expected: Path) -> bool:
+    with open_view(directory, until=until) as view:
+        return view.read(0, view.size) == expected.read_bytes()
+
+
+def _vm(make_vm) -> TestVM:  # type: ignore[no-untyped-def]
+    return make_vm(disks=[DiskSpec("vda", 16 * MiB)])  # type: ignore[no-any-return]
+
+
+def test_shut_off_domain_full_and_inc_with_start_domain(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    vm.write_pattern("vda", 0, MiB, 0x11)
+    first = vm.expected("vda")
+    vm.dom.destroy()
+    code, text = run("full", vm.name, "-o", str(out), "--no-progress")
+    assert code == 6
+    assert text.splitlines()[-1] == (
+        f"vbbackup: error: domain {vm.name!r} is not running: start it (paused is enough: "
+        f"virsh start --paused {vm.name}), or give --start-domain"
+    )
+    code, text = run("full", vm.name, "-o", str(out), "--start-domain", "--no-progress")
+    assert code == 0, text
+    assert f"started {vm.name} paused for the backup" in text
+    assert not vm.dom.isActive()
+    vm.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+    vm.write_pattern("vda", 4 * MiB, MiB, 0x22)
+    second = vm.expected("vda")
+    vm.dom.destroy()
+    code, text = run("inc", vm.name, "-o", str(out), "--start-domain", "--no-progress")
+    assert code == 0, text
+    assert not vm.dom.isActive()
+    assert _reads_as(out, "virtnbdbackup.0", first)
+    assert _reads_as(out, "virtnbdbackup.1", second)
+
+
+def test_estimate_writes_nothing_and_threshold_skips(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    assert run("full", vm.name, "-o", str(out), "--no-progress")[0] == 0
+    code, text = run("full", vm.name, "-o", str(tmp_path / "other"), "--estimate")
+    assert code == 2
+    assert "--estimate and --threshold apply to inc and diff backups; this run is a full" in text
+    vm.write_pattern("vda", MiB, 2 * MiB, 0x33)
+    before = sorted(p.name for p in out.rglob("*"))
+    code, text = run("inc", vm.name, "-o", str(out), "--estimate")
+    assert code == 0, text
+    assert f"estimate: {2 * MiB} bytes changed since virtnbdbackup.0 (vda {2 * MiB})" in text
+    assert sorted(p.name for p in out.rglob("*")) == before
+    code, text = run("inc", vm.name, "-o", str(out), "--threshold", str(3 * MiB))
+    assert code == 0, text
+    assert f"skipped: {2 * MiB} bytes changed since virtnbdbackup.0, less than" in text
+    assert not list(out.glob("vda.inc.*"))
+    code, text = run("inc", vm.name, "-o", str(out), "--threshold", str(MiB), "--no-progress")
+    assert code == 0, text
+    assert (out / "vda.inc.virtnbdbackup.1.data").exists()
+
+
+def _remove_bitmap(vm: TestVM, name: str) -> None:
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(vm.dom, '{"execute": "query-block"}', 0))
+    (node,) = [d["inserted"]["node-name"] for d in reply["return"] if d.get("inserted")]
+    remove = {"execute": "block-dirty-bitmap-remove", "arguments": {"node": node, "name": name}}
+    libvirt_qemu.qemuMonitorCommand(vm.dom, json.dumps(remove), 0)
+
+
+def test_missing_bitmap_falls_back_to_a_new_chain(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    assert run("full", vm.name, "-o", str(out), "--no-progress")[0] == 0
+    _remove_bitmap(vm, "virtnbdbackup.0")
+    vm.write_pattern("vda", 0, MiB, 0x44)
+    expected = vm.expected("vda")
+    code, text = run("inc", vm.name, "-o", str(out), "--no-fallback", "--no-progress")
+    assert code == 4
+    assert text.splitlines()[-1] == (
+        "vbbackup: error: the bitmap of checkpoint virtnbdbackup.0 is missing or broken in "
+        f"QEMU for disk vda of {vm.name}: no incremental backup can be read from it; start a "
+        "new chain with `vbbackup full` (--no-fallback)"
+    )
+    code, text = run("inc", vm.name, "-o", str(out), "--no-progress")
+    assert code == 0, text
+    assert "warning: the bitmap of checkpoint virtnbdbackup.0 is missing" in text
+    assert f"falling back to a full backup into a new chain: {tmp_path / 'set.1'}" in text
+    assert not list(out.glob("vda.inc.*"))  # the old chain is left as it was
+    assert _reads_as(tmp_path / "set.1", "virtnbdbackup.0", expected)
+
+
+def test_checkpointdir_keeps_the_xml_elsewhere_and_redefines_from_it(
+    make_vm, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out, cps = tmp_path / "set", tmp_path / "cps"
+    args = ["-o", str(out), "--checkpointdir", str(cps), "--no-progress"]
+    assert run("full", vm.name, *args)[0] == 0
+    assert [p.name for p in cps.iterdir()] == ["virtnbdbackup.0.xml"]
+    assert not list((out / "checkpoints").glob("*.xml")) if (out / "checkpoints").exists() else True
+    vm.dom.checkpointLookupByName("virtnbdbackup.0").delete(
+        libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    )
+    vm.write_pattern("vda", 2 * MiB, MiB, 0x55)
+    expected = vm.expected("vda")
+    code, text = run("inc", vm.name, *args)
+    assert code == 0, text
+    assert _reads_as(out, "virtnbdbackup.1", expected)
+    assert sorted(p.name for p in cps.iterdir()) == ["virtnbdbackup.0.xml", "virtnbdbackup.1.xml"]
+
+
+def test_foreign_job_needs_kill_jobs(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    with pull_backup(vm):  # a job of another tool, still running
+        code, text = run("full", vm.name, "-o", str(out), "--no-progress")
+        assert code == 8
+        assert "abort it with --kill-jobs" in text.splitlines()[-1]
+        code, text = run("full", vm.name, "-o", str(out), "--kill-jobs", "--no-progress")
+        assert code == 0, text
+        assert f"aborted the job that was running on {vm.name} (--kill-jobs)" in text
+
+
+def test_running_domain_without_agent_warns_and_no_freeze_is_silent(
+    make_vm, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    code, text = run("full", vm.name, "-o", str(tmp_path / "paused"), "--no-progress")
+    assert code == 0, text
+    assert "not frozen" not in text  # a paused guest runs nothing
+    vm.dom.resume()
+    try:
+        code, text = run("full", vm.name, "-o", str(tmp_path / "a"), "--no-progress")
+        assert code == 0, text
+        warnings = [line for line in text.splitlines() if "filesystems not frozen" in line]
+        assert len(warnings) == 1
+        assert "agent" in warnings[0]
+        code, text = run("full", vm.name, "-o", str(tmp_path / "b"), "--no-freeze", "--no-progress")
+        assert code == 0, text
+        assert "not frozen" not in text
+    finally:
+        vm.dom.suspend()
