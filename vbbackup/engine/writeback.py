@@ -14,7 +14,6 @@ The final fsync of ``atomic_output`` then has almost nothing left to do.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import BinaryIO
 
@@ -25,7 +24,7 @@ _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 def _load_sync_file_range():  # type: ignore[no-untyped-def]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # find_library("c") would run ldconfig
         func = libc.sync_file_range
     except (OSError, AttributeError):
         return None
