@@ -9,7 +9,7 @@
 
 libvirt's defaults are kept: the export of a disk is named after its target, and
 an incremental job exports the dirty bitmap as ``backup-<target>``. Disks left out
-of `disks` get ``backup='no'`` (and ``checkpoint='no'``).
+of `disks` get ``backup='no'``; they and raw disks get ``checkpoint='no'``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,10 @@ def pull_backup(
     n = next(_jobs)
     socket = vm.dir / f"backup-{n}.sock"
     scratch = {t: vm.dir / f"backup-{n}.{t}.scratch" for t in targets}
-    cp_xml = checkpoint_xml(checkpoint, targets, skip) if checkpoint else None
+    # Only qcow2 can hold a bitmap: raw disks are backed up but left out of the checkpoint.
+    bitmap_targets = [t for t in targets if vm.disk_format(t) == "qcow2"]
+    no_bitmap = [t for t in vm.targets if t not in bitmap_targets]
+    cp_xml = checkpoint_xml(checkpoint, bitmap_targets, no_bitmap) if checkpoint else None
     vm.dom.backupBegin(backup_xml(socket, scratch, skip, incremental), cp_xml)
     try:
         yield PullBackupJob(

@@ -82,6 +82,20 @@ class _Disk:
     size: int
 
 
+def _log_since(log: Path, start: int) -> str:
+    """Text appended to a domain log after byte `start`, across a rotation by virtlogd."""
+    with open(log, errors="replace") as f:
+        if os.fstat(f.fileno()).st_size >= start:
+            f.seek(start)
+            return f.read()
+        text = f.read()
+    rotated = log.with_name(log.name + ".0")
+    with contextlib.suppress(FileNotFoundError), open(rotated, errors="replace") as f:
+        f.seek(start)
+        text = f.read() + text
+    return text
+
+
 def _give_to_qemu(path: Path) -> None:
     """Mode 0755 and owner libvirt-qemu: QEMU creates the backup job's NBD socket here."""
     path.chmod(0o755)
@@ -232,6 +246,9 @@ class TestVM:
     def disk_size(self, target: str) -> int:
         return self._disk(target).size
 
+    def disk_format(self, target: str) -> str:
+        return self._disk(target).spec.fmt
+
     def expected(self, target: str) -> Path:
         """A snapshot of the expected raw image of `target` now; later writes leave it alone."""
         disk = self._disk(target)
@@ -317,11 +334,8 @@ class TestVM:
         if reply.strip():
             raise HarnessError(f"qemu-io {command!r} on {self.name}/{target}: {reply.strip()}")
         deadline = time.monotonic() + _QEMU_IO_TIMEOUT
-        text = ""
         while True:
-            with open(log, errors="replace") as f:
-                f.seek(start)
-                text = f.read()
+            text = _log_since(log, start)
             if wanted in text:
                 return
             if re.search(r"fail|error|invalid|usage|not found", text, re.IGNORECASE):
@@ -415,6 +429,9 @@ def sweep_stale(conn: libvirt.virConnect) -> list[str]:
             remove_files(path.name)
             if path.name not in removed:
                 removed.append(path.name)
+    for log in QEMU_LOG_DIR.glob(f"{VM_PREFIX}*.log*"):
+        if not _owner_alive(log.name):
+            log.unlink(missing_ok=True)
     return removed
 
 

@@ -82,7 +82,7 @@ def test_full_pull_backup_reads_expected_bytes(make_vm: Any) -> None:
 
 
 def test_incremental_job_exports_dirty_bitmap(make_vm: Any) -> None:
-    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)], cdrom=True)  # the cdrom is no backup disk
     vm.write_pattern("vda", 0, MiB, 1)
     with pull_backup(vm, checkpoint="cp0"):
         pass
@@ -108,7 +108,7 @@ def test_disk_from_fs_image_and_raw_disk(make_vm: Any, tmp_path: Path) -> None:
     assert placed == [(MiB, 16 * MiB)]
     vm = make_vm(disks=[DiskSpec("vda", None, image=image), DiskSpec("vdb", 8 * MiB, fmt="raw")])
     vm.write("vdb", 100, b"raw disk")
-    with pull_backup(vm) as job:
+    with pull_backup(vm, checkpoint="cp0") as job:  # raw vdb: backed up, no bitmap
         with nbd_client(job.socket, "vda") as h:
             assert read_all(h) == image.read_bytes()
         with nbd_client(job.socket, "vdb") as h:
