@@ -163,3 +163,20 @@ def test_running_domain_without_agent_warns_and_no_freeze_is_silent(
         assert "not frozen" not in text
     finally:
         vm.dom.suspend()
+
+
+def test_lost_checkpoint_without_xml_falls_back(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    assert run("auto", vm.name, "-o", str(out), "--no-progress")[0] == 0
+    vm.dom.checkpointLookupByName("virtnbdbackup.0").delete(
+        libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    )
+    (out / "checkpoints" / "virtnbdbackup.0.xml").unlink()
+    vm.write_pattern("vda", 0, MiB, 0x66)
+    expected = vm.expected("vda")
+    code, text = run("auto", vm.name, "-o", str(out), "--no-progress")
+    assert code == 0, text
+    assert "warning: checkpoint virtnbdbackup.0 of the chain" in text
+    assert "vda: removed bitmap virtnbdbackup.0 that no checkpoint owned" in text
+    assert _reads_as(tmp_path / "set.1", "virtnbdbackup.0", expected)

@@ -27,6 +27,7 @@ from vbbackup.engine.backup_ops import (
     check_options,
     clear_jobs,
     domain_ready,
+    drop_orphans,
     freeze,
     refuse_or_fall_back,
     skip_run,
@@ -190,6 +191,9 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         parent, new_cp, meta_cp = _plan_checkpoints(level, out, cps, chain, chosen, reporter)
         if parent is not None:
             check_bitmaps(dom, parent, bitmap_disks)
+        elif new_cp:
+            all_disks = [d.target for d in domain_disks(domain_xml)]
+            drop_orphans(dom, new_cp, bitmap_disks, all_disks, reporter.info)
         ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[level]
         plans = [_plan_disk(d, level, out, ident or "", meta_cp, parent) for d in chosen]
         leftovers = out.partial_files()

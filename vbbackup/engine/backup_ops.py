@@ -26,6 +26,7 @@ from vbbackup.virt.agent import GuestFreeze
 from vbbackup.virt.estimate import checkpoint_sizes
 from vbbackup.virt.job import end_job
 from vbbackup.virt.offline import started_paused
+from vbbackup.virt.redefine import drop_orphan_bitmaps
 
 Say = Callable[[str], None]
 
@@ -144,3 +145,11 @@ def check_bitmaps(dom: libvirt.virDomain, checkpoint: str, targets: list[str]) -
             f"the bitmap of checkpoint {checkpoint} is missing or broken in QEMU for disk "
             f"{', '.join(broken)} of {dom.name()}: no incremental backup can be read from it"
         )
+
+
+def drop_orphans(
+    dom: libvirt.virDomain, name: str, targets: list[str], all_targets: list[str], say: Say
+) -> None:
+    """A new chain's first checkpoint: clear same-named bitmaps a lost checkpoint left."""
+    for target in drop_orphan_bitmaps(dom, name, targets, all_targets):
+        say(f"{target}: removed bitmap {name} that no checkpoint owned (a lost checkpoint's)")

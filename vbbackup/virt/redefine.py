@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
@@ -55,3 +56,46 @@ def redefine_checkpoints(
             ) from None
         done.append(name)
     return done
+
+
+def drop_orphan_bitmaps(
+    dom: libvirt.virDomain, name: str, targets: Sequence[str], all_targets: Sequence[str]
+) -> list[str]:
+    """Remove bitmaps called ``name`` that QEMU holds but no libvirt checkpoint owns.
+
+    Left behind when libvirt lost a checkpoint for good; a new checkpoint of
+    that name would fail ("Bitmap already exists"). libvirt removes bitmaps
+    only through checkpoints, so each is adopted by a one-disk checkpoint
+    (redefined, validated) and that is deleted. Returns the disks cleaned.
+    """
+    if not dom.isActive() or name in known_checkpoints(dom):
+        return []
+    flags = (
+        libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+        | libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE
+    )
+    cleaned = []
+    for target in targets:
+        disks = "".join(
+            f"<disk name={quoteattr(t)} checkpoint='bitmap' bitmap={quoteattr(name)}/>"
+            if t == target
+            else f"<disk name={quoteattr(t)} checkpoint='no'/>"
+            for t in all_targets
+        )
+        xml = (
+            f"<domaincheckpoint><name>{escape(name)}</name><creationTime>1</creationTime>"
+            f"<disks>{disks}</disks></domaincheckpoint>"
+        )
+        try:
+            adopted = dom.checkpointCreateXML(xml, flags)
+        except libvirt.libvirtError:
+            continue  # no such bitmap on this disk (validation refused): nothing to clean
+        try:
+            adopted.delete(0)
+        except libvirt.libvirtError as err:
+            raise LibvirtError(
+                f"cannot remove the orphaned bitmap {name} of disk {target} of {dom.name()}: "
+                f"{err.get_error_message()}"
+            ) from None
+        cleaned.append(target)
+    return cleaned
