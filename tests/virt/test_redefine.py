@@ -17,7 +17,7 @@ from tests.harness.vm import DiskSpec, MiB, TestVM
 from tests.integration.vnb_sets import make_virtnbdbackup_chain
 from vbbackup.engine.check import CheckConfig, check
 from vbbackup.errors import ChainError, LibvirtError
-from vbbackup.virt.redefine import known_checkpoints, redefine_checkpoints
+from vbbackup.virt.redefine import drop_orphan_bitmaps, known_checkpoints, redefine_checkpoints
 
 pytestmark = pytest.mark.integration
 STEPS = [[("write", 0, MiB, 0x11)], [("write", 2 * MiB, MiB, 0x22)]]
@@ -97,3 +97,18 @@ def _qmp(vm: TestVM, command: str, **arguments: str) -> Any:
 def _format_node(vm: TestVM) -> str:
     (device,) = [d for d in _qmp(vm, "query-block") if d.get("inserted")]
     return str(device["inserted"]["node-name"])
+
+
+def test_orphaned_bitmaps_are_dropped_disk_by_disk(make_vm) -> None:  # type: ignore[no-untyped-def]
+    vm: TestVM = make_vm(disks=[DiskSpec("vda", 16 * MiB), DiskSpec("vdb", 16 * MiB)])
+    with pull_backup(vm, checkpoint="virtnbdbackup.0", disks=["vdb"]):
+        pass
+    vm.dom.checkpointLookupByName("virtnbdbackup.0").delete(
+        libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+    )
+    targets = ["vda", "vdb"]
+    assert drop_orphan_bitmaps(vm.dom, "virtnbdbackup.0", targets, targets) == ["vdb"]
+    assert known_checkpoints(vm.dom) == set()
+    assert drop_orphan_bitmaps(vm.dom, "virtnbdbackup.0", targets, targets) == []
+    with pull_backup(vm, checkpoint="virtnbdbackup.0"):  # the name is free again
+        pass
