@@ -181,3 +181,15 @@ def test_lost_checkpoint_without_xml_falls_back(make_vm, tmp_path: Path) -> None
     assert "warning: checkpoint virtnbdbackup.0 of the chain" in text
     assert "vda: removed bitmap virtnbdbackup.0 that no checkpoint owned" in text
     assert _reads_as(tmp_path / "set.1", "virtnbdbackup.0", expected)
+
+
+def test_copy_of_a_shut_off_domain_needs_no_option(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    vm.write_pattern("vda", 3 * MiB, MiB, 0x77)
+    expected = vm.expected("vda")
+    vm.dom.destroy()
+    code, text = run("copy", vm.name, "-o", str(tmp_path / "copy"), "--no-progress")
+    assert code == 0, text
+    assert not vm.dom.isActive()
+    assert vm.dom.listAllCheckpoints() == []
+    assert _reads_as(tmp_path / "copy", "copy", expected)

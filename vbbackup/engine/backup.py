@@ -169,7 +169,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         if level in (INC, DIFF):
             _require_chain(out, out.checkpoints())
         log.info("vbbackup %s of %s into %s", level, config.domain, out.path)
-        stack.enter_context(domain_ready(dom, config.ops, reporter.info))
+        stack.enter_context(domain_ready(dom, config.ops, reporter.info, copy=level == COPY))
         stale = end_stale_job(dom)
         if stale:
             reporter.info(f"ended a backup job left by a run that died (socket {stale})")

@@ -44,12 +44,18 @@ class BackupOptions:
 
 
 @contextlib.contextmanager
-def domain_ready(dom: libvirt.virDomain, ops: BackupOptions, say: Say) -> Iterator[None]:
-    """A running domain as it is; a shut-off one started paused (--start-domain)."""
+def domain_ready(
+    dom: libvirt.virDomain, ops: BackupOptions, say: Say, copy: bool = False
+) -> Iterator[None]:
+    """A running domain as it is; a shut-off one started paused (--start-domain).
+
+    A ``copy`` creates no checkpoint and changes nothing in the images, so it
+    starts a shut-off domain paused without being asked.
+    """
     if dom.isActive():
         yield
         return
-    if not ops.start_domain:
+    if not (ops.start_domain or copy):
         raise LibvirtError(
             f"domain {dom.name()!r} is not running: start it (paused is enough: "
             f"virsh start --paused {dom.name()}), or give --start-domain"
