@@ -39,15 +39,17 @@ class NbdReader:
         self,
         *,
         socket: Path | str | None = None,
+        tcp: tuple[str, int] | None = None,
         export: str = "",
         command: Sequence[str] | None = None,
         bitmap: str | None = None,
         request_size: int = DEFAULT_REQUEST,
         in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
-        if (socket is None) == (command is None):
-            raise ValueError("give either socket or command")
+        if [socket, tcp, command].count(None) != 2:
+            raise ValueError("give one of socket, tcp or command")
         self._socket = str(socket) if socket is not None else None
+        self._tcp = tcp
         self._command = list(command) if command is not None else None
         self.export = export
         self.bitmap = bitmap
@@ -70,6 +72,8 @@ class NbdReader:
     def where(self) -> str:
         if self._socket is not None:
             return f"export {self.export!r} at {self._socket}"
+        if self._tcp is not None:
+            return f"export {self.export!r} at {self._tcp[0]}:{self._tcp[1]}"
         return f"server command {' '.join(self._command or [])!r}"
 
     def open(self) -> None:
@@ -81,6 +85,8 @@ class NbdReader:
             h.set_export_name(self.export)
             if self._socket is not None:
                 h.connect_unix(self._socket)
+            elif self._tcp is not None:
+                h.connect_tcp(self._tcp[0], str(self._tcp[1]))
             else:
                 h.connect_command(self._command)
             self.size = h.get_size()

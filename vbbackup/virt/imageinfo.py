@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 from vbbackup.errors import LibvirtError
+from vbbackup.virt.remote import on_host
 
 
-def image_info(path: str) -> dict[str, Any]:
-    """The JSON of ``qemu-img info -U``: -U because the running domain holds the lock."""
+def image_info(path: str, ssh: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON of ``qemu-img info -U``: -U because the running domain holds the lock.
+
+    ``ssh``: run it on the domain's host (``vbbackup.virt.remote.ssh_prefix``).
+    """
     try:
         done = subprocess.run(
-            ["qemu-img", "info", "-U", "--output=json", path],
+            on_host(ssh, ["qemu-img", "info", "-U", "--output=json", path]),
             capture_output=True,
             text=True,
             check=False,

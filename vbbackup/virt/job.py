@@ -43,7 +43,11 @@ class JobDisk:
 
 
 def backup_xml(
-    socket: Path, scratch: dict[str, Path], skip: Sequence[str], incremental: str | None
+    socket: Path,
+    scratch: dict[str, Path],
+    skip: Sequence[str],
+    incremental: str | None,
+    tcp: tuple[str, int] | None = None,
 ) -> str:
     disks = [
         f"<disk name={quoteattr(t)} backup='yes' type='file'>"
@@ -52,11 +56,12 @@ def backup_xml(
     ]
     disks += [f"<disk name={quoteattr(t)} backup='no'/>" for t in skip]
     inc = f"<incremental>{escape(incremental)}</incremental>" if incremental else ""
-    return (
-        f"<domainbackup mode='pull'>{inc}"
-        f"<server transport='unix' socket={quoteattr(str(socket))}/>"
-        f"<disks>{''.join(disks)}</disks></domainbackup>"
+    server = (
+        f"<server transport='tcp' name={quoteattr(tcp[0])} port='{tcp[1]}'/>"
+        if tcp  # remote hosts: the export is reached over TCP
+        else f"<server transport='unix' socket={quoteattr(str(socket))}/>"
     )
+    return f"<domainbackup mode='pull'>{inc}{server}<disks>{''.join(disks)}</disks></domainbackup>"
 
 
 def _safe(name: str) -> str:
@@ -88,8 +93,10 @@ class BackupJob:
         *,
         incremental: str | None = None,
         checkpoint_xml: str | None = None,
+        tcp: tuple[str, int] | None = None,
     ) -> None:
         self.dom = dom
+        self.tcp = tcp
         self.targets = list(targets)
         self.skip = list(skip)
         self.incremental = incremental
@@ -123,7 +130,7 @@ class BackupJob:
 
     def _begin(self) -> None:
         name = self.dom.name()
-        xml = backup_xml(self.socket, self.scratch, self.skip, self.incremental)
+        xml = backup_xml(self.socket, self.scratch, self.skip, self.incremental, self.tcp)
         try:
             self.dom.backupBegin(xml, self.checkpoint_xml, 0)
         except libvirt.libvirtError as err:
