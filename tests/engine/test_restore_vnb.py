@@ -130,24 +130,29 @@ def test_verify_and_info(vnb_chain: tuple[Path, Points], tmp_path: Path) -> None
     assert f'"name": "{points[-1][0]}"' in run.output
 
 
-def test_adjust_config_define_and_start(
+def test_adjusted_config_passes_virsh_define_and_starts(
     vnb_chain: tuple[Path, Points], vnb_vm: TestVM, tmp_path: Path, libvirt_conn: Any
 ) -> None:
     outdir, points = vnb_chain
     out = Path(vnb_vm.dir) / f"restored-{tmp_path.name}"  # QEMU must reach the images
     name = f"{vnb_vm.name}-restored"
-    config = RestoreConfig(
-        outdir, out, until=points[1][0], adjust_config=True, define=True, name=name
-    )
+    result = restore(RestoreConfig(outdir, out, until=points[1][0], adjust_config=True, name=name))
+    assert result.defined is None and result.config == out / f"{name}.xml"
+    text = result.config.read_text()
+    assert "<uuid>" not in text and f"<name>{name}</name>" in text
     try:
-        result = restore(config)
-        assert result.defined == name
+        done = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "define", str(result.config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
         dom = libvirt_conn.lookupByName(name)
         xml = dom.XMLDesc()
-        assert result.config is not None and "<uuid>" not in result.config.read_text()
         assert dom.UUIDString() != vnb_vm.dom.UUIDString()
         assert f"{out}/vda.qcow2" in xml and f"{out}/vdb.qcow2" in xml
-        assert "vdc" not in xml and vnb_vm.dir.name + "/vda" not in xml
+        assert "vdc" not in xml and vnb_vm.dir.name + "/vda" not in xml  # raw vdc: not saved
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         assert dom.isActive()
         dom.destroy()
