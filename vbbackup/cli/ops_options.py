@@ -27,6 +27,11 @@ _OPTIONS = [
                  help="Fail on a broken chain instead of a full backup into a new chain (DIR.1)."),
     click.option("--kill-jobs", is_flag=True,
                  help="Abort a block job left running on the domain (by a killed run)."),
+    click.option("--nbd-host", metavar="ADDRESS",
+                 help="Export the disks over TCP on this address of the domain's host "
+                      "(needed with a remote -c qemu+ssh://...)."),
+    click.option("--nbd-port", type=click.IntRange(1, 65535), default=10809, show_default=True,
+                 help="TCP port of the export (with --nbd-host)."),
 ]  # fmt: skip
 
 
@@ -45,6 +50,8 @@ def backup_options(
     checkpointdir: Path | None = None,
     no_fallback: bool = False,
     kill_jobs: bool = False,
+    nbd_host: str | None = None,
+    nbd_port: int = 10809,
 ) -> BackupOptions:
     return BackupOptions(
         start_domain=start_domain,
@@ -55,4 +62,6 @@ def backup_options(
         checkpoint_dir=checkpointdir,
         fallback=not no_fallback,
         kill_jobs=kill_jobs,
+        nbd_host=nbd_host,
+        nbd_port=nbd_port,
     )

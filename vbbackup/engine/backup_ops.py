@@ -27,6 +27,7 @@ from vbbackup.virt.estimate import checkpoint_sizes
 from vbbackup.virt.job import end_job
 from vbbackup.virt.offline import started_paused
 from vbbackup.virt.redefine import drop_orphan_bitmaps
+from vbbackup.virt.remote import is_remote
 
 Say = Callable[[str], None]
 
@@ -41,6 +42,20 @@ class BackupOptions:
     checkpoint_dir: Path | None = None  # default: DIR/checkpoints
     fallback: bool = True
     kill_jobs: bool = False
+    nbd_host: str | None = None  # remote domains: the export is reached over TCP here
+    nbd_port: int = 10809
+
+
+def nbd_tcp(uri: str, ops: BackupOptions) -> tuple[str, int] | None:
+    """Where the job's export listens: None (a local unix socket) or (host, port)."""
+    if ops.nbd_host:
+        return ops.nbd_host, ops.nbd_port
+    if is_remote(uri):
+        raise UsageError(
+            f"{uri} is a remote host: its disks are exported over TCP; give --nbd-host "
+            "(the host's address as this machine reaches it) and --nbd-port"
+        )
+    return None
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from lxml import etree
 from vbbackup.chain.backupset import BackupSet, start_at_full
 from vbbackup.errors import ChainError, VbError
 from vbbackup.virt.connection import libvirt_connection, lookup_domain
+from vbbackup.virt.remote import on_host, ssh_prefix
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def gather_domain(name: str, uri: str) -> DomainState:
                 for d in root.iterfind("disks/disk")
                 if d.get("checkpoint") == "bitmap"
             }
-        bitmaps = {target: _image_bitmaps(path) for target, path in images.items()}
+        ssh = ssh_prefix(uri)
+        bitmaps = {target: _image_bitmaps(path, ssh) for target, path in images.items()}
         if running:
             for target, live in _live_bitmaps(dom, images).items():
                 bitmaps[target].update(live)
@@ -143,10 +145,10 @@ def _qcow2_images(xml: str) -> dict[str, Path]:
     return images
 
 
-def _image_bitmaps(image: Path) -> dict[str, Bitmap]:
+def _image_bitmaps(image: Path, ssh: list[str]) -> dict[str, Bitmap]:
     """Persistent bitmaps in the image file (``-U``: the domain may have it open)."""
     done = subprocess.run(
-        ["qemu-img", "info", "-U", "--output=json", str(image)],
+        on_host(ssh, ["qemu-img", "info", "-U", "--output=json", str(image)]),
         capture_output=True,
         text=True,
         check=False,
