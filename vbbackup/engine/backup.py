@@ -484,8 +484,8 @@ def _backup_disk(
             reporter.disk_progress(target, done)
 
         try:
-            with atomic_output(plan.path) as f:
-                writer = StreamWriter(WritebackFile(f), meta)  # type: ignore[arg-type]
+            with atomic_output(plan.path) as f, WritebackFile(f) as out:
+                writer = StreamWriter(out, meta)  # type: ignore[arg-type]
                 copy_extents(
                     reader,
                     extents,
@@ -494,6 +494,7 @@ def _backup_disk(
                     level=config.compress or 0,
                     stop=stop,
                     progress=progress,
+                    out=out,
                 )
                 writer.finish()
             write_checksum(plan.path, writer.checksum)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
+from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
 from vbbackup.format import StreamWriter, compress_chunk
 from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
@@ -46,14 +47,17 @@ def copy_extents(
     stop: threading.Event,
     progress: Progress,
     max_pending: int = 4,
+    out: WritebackFile | None = None,
 ) -> None:
     """Write ``extents`` (data read from ``reader``, zero as zero frames) through ``writer``.
 
     ``pool`` compresses when the stream is compressed; at most ``max_pending``
-    pieces wait for it, so memory stays at a few request sizes.
+    pieces wait for it, so memory stays at a few request sizes. ``out``: the
+    asynchronous file under ``writer``, if any; a raw read buffer goes back to
+    its pool only after ``out`` has written it.
     """
     queue: deque[_Chunk | tuple[str, int, int]] = deque()
-    buffers = BufferPool(reader.request_size, reader.in_flight + PREFETCH + max_pending + 3)
+    buffers = BufferPool(reader.request_size, reader.in_flight + PREFETCH + max_pending + DEPTH + 3)
     reads = _prefetch(reader.read_pieces(pieces(extents, reader.request_size), buffers))
 
     def drain(limit: int) -> None:
@@ -63,7 +67,10 @@ def copy_extents(
             waiting -= isinstance(item, _Chunk)
             _emit(writer, item, progress)
             if isinstance(item, _Chunk):
-                buffers.put(item.raw)
+                if item.frame is None and out is not None:
+                    out.call_after(buffers.put, item.raw)
+                else:
+                    buffers.put(item.raw)
 
     try:
         for ext in extents:
