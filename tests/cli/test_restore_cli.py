@@ -131,3 +131,16 @@ def test_restore_then_refuse_then_force(backup: Path, tmp_path: Path) -> None:
     )
     third = run("restore", str(backup), "-o", str(out), "--format", "raw", "--force")
     assert third.exit_code == 0, third.output
+
+
+def test_verify_without_checksums_does_not_claim_sound(backup: Path) -> None:
+    for path in backup.glob("*.chksum"):
+        path.unlink()
+    result = run("verify", str(backup))
+    assert result.exit_code == 0, result.output
+    assert f"ok?  {backup}/vda.full.data" in result.output
+    assert "warning: " in result.output and "no checksum file" in result.output
+    assert result.output.splitlines()[-1] == (
+        f"{backup}: no damage found in 2 file(s), but 2 have no checksum file: "
+        "some damage in them cannot be detected (see the warnings)"
+    )

@@ -146,11 +146,19 @@ def verify_command(directory: Path, until: str | None, no_progress: bool) -> Non
     finally:
         display.clear()
     for result in report.files:
-        click.echo(f"{'ok' if result.sound else 'BAD'}  {result.path}")
+        mark = "BAD" if not result.sound else "ok" if result.checksum == "ok" else "ok?"
+        click.echo(f"{mark:<3}  {result.path}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     if not report.sound:
         raise VerifyError(f"{len(report.problems)} problem(s) found in {report.directory}")
-    click.echo(f"{directory}: {len(report.files)} file(s) sound")
+    unchecked = sum(1 for f in report.files if f.checksum == "none")
+    if unchecked:
+        click.echo(
+            f"{directory}: no damage found in {len(report.files)} file(s), but {unchecked} "
+            "have no checksum file: some damage in them cannot be detected (see the warnings)"
+        )
+    else:
+        click.echo(f"{directory}: {len(report.files)} file(s) sound")
