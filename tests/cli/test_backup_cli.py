@@ -210,3 +210,35 @@ def test_sigkill_mid_disk_then_the_next_runs_recover(make_vm, tmp_path: Path) ->
     assert_same(reconstruct(files, 64 * MiB, tmp_path / "0.raw"), full_expected)
     files.append(out / "vda.inc.virtnbdbackup.1.data")
     assert_same(reconstruct(files, 64 * MiB, tmp_path / "1.raw"), vm.expected("vda"))
+
+
+@pytest.mark.integration
+def test_socket_qemu_may_not_create_names_the_fix(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)  # root's: QEMU (libvirt-qemu) may not create its socket here
+    code, _, err = run("full", vm.name, "-o", str(tmp_path / "set"), "--scratchdir", str(closed))
+    assert code == 6
+    wanted = "vbbackup: error: QEMU may not create the backup job's socket and scratch files"
+    assert err.startswith(f"{wanted} in {closed} ")
+    assert f"'{closed}/vbbackup-*.sock rw,'" in err
+    assert "/etc/apparmor.d/local/abstractions/libvirt-qemu" in err
+    assert err.count("\n") == 1
+    assert vm.dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
+    assert [cp.getName() for cp in vm.dom.listAllCheckpoints()] == []
+
+
+@pytest.mark.integration
+def test_two_disks_one_worker_and_a_summary_per_disk(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB), DiskSpec("vdb", 16 * MiB)])
+    vm.write_pattern("vda", 0, 3 * MiB, 0x61)
+    vm.write_pattern("vdb", 5 * MiB, 2 * MiB, 0x62)
+    out = tmp_path / "set"
+    code, _, err = run("full", vm.name, "-o", str(out), "--workers", "1", "--compress=9")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert any(line.startswith("vda: full, 3.0 MiB data, file vda.full.data ") for line in lines)
+    assert any(line.startswith("vdb: full, 2.0 MiB data, file vdb.full.data ") for line in lines)
+    for target in ("vda", "vdb"):
+        got = reconstruct([out / f"{target}.full.data"], 16 * MiB, tmp_path / f"{target}.raw")
+        assert_same(got, vm.expected(target))

@@ -232,10 +232,11 @@ def begin_error(domain: str, err: libvirt.libvirtError, socket: Path) -> Libvirt
             f"domain {domain!r} is not running: vbbackup backs up running domains "
             f"(start it, paused is enough: virsh start --paused {domain})"
         )
-    if "bind socket" in text or "Permission denied" in text and str(socket) in text:
+    if "bind socket" in text or ("Permission denied" in text and str(socket.parent) in text):
         return LibvirtError(
-            f"QEMU may not create the backup socket {socket} ({text}). With AppArmor, "
-            f"add the lines '{socket.parent}/{SOCKET_PREFIX}*.sock rw,' and "
+            f"QEMU may not create the backup job's socket and scratch files in "
+            f"{socket.parent} ({text}). With AppArmor, add the lines "
+            f"'{socket.parent}/{SOCKET_PREFIX}*.sock rw,' and "
             f"'{socket.parent}/{SOCKET_PREFIX}*.scratch rwk,' to "
             "/etc/apparmor.d/local/abstractions/libvirt-qemu and reload the libvirt "
             "profiles; otherwise choose a --scratchdir that the QEMU user can write"
