@@ -123,3 +123,18 @@ def test_saved_boot_files_are_listed(backup: Path) -> None:
         ("kernel", "vmlinuz.virtnbdbackup.0"),
     ]
     assert "  kernel  vmlinuz.virtnbdbackup.0  (from /boot/vmlinuz)" in render(report)
+
+
+def test_checkpoints_merged_into_a_consolidated_full(tmp_path: Path) -> None:
+    write_chain(tmp_path, SIZE, STEPS)
+    (tmp_path / "vda.full.data").unlink()
+    (tmp_path / "vda.inc.virtnbdbackup.1.data").unlink()
+    write_stream(tmp_path / "vda.full.data", SIZE, [(0, SIZE)], checkpoint="virtnbdbackup.1",
+                 parent=None)  # fmt: skip
+    report = info(InfoConfig(tmp_path))
+    assert [(p["name"], p["level"]) for p in report["chain"]] == [
+        ("virtnbdbackup.0", "merged"),
+        ("virtnbdbackup.1", "full"),
+        ("virtnbdbackup.2", "inc"),
+    ]
+    assert report["problems"] == []

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vbbackup.chain import COPY, DIFF
+from vbbackup.chain import COPY, DIFF, FULL
 from vbbackup.engine import domainxml
 from vbbackup.engine.survey import FileEntry, Survey, survey
 from vbbackup.errors import VbError
@@ -51,6 +51,11 @@ def _chain(found: Survey) -> list[dict[str, Any]]:
                 point["date"] = point["date"] or entry.meta.date
                 if entry.data.level not in (COPY,):
                     point["parent"] = point["parent"] or entry.meta.parent_checkpoint
+    names = list(points)
+    fulls = [names.index(p["name"]) for p in points.values() if p["level"] == FULL]
+    for point in list(points.values())[: min(fulls, default=0)]:
+        if point["level"] is None:
+            point["level"] = "merged"  # consolidated into the full that follows
     return list(points.values())
 
 
