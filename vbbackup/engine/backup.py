@@ -29,6 +29,7 @@ from vbbackup.engine.backup_ops import (
     domain_ready,
     drop_orphans,
     freeze,
+    nbd_tcp,
     refuse_or_fall_back,
     skip_run,
 )
@@ -55,6 +56,7 @@ from vbbackup.virt.bootfiles import save_boot_files
 from vbbackup.virt.checkpoints import checkpoint_name, checkpoint_xml
 from vbbackup.virt.imageinfo import qcow2_compat
 from vbbackup.virt.job import end_stale_job
+from vbbackup.virt.remote import ssh_prefix
 
 AUTO = "auto"
 LEVELS = (FULL, INC, DIFF, COPY, AUTO)
@@ -160,6 +162,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
     with ExitStack() as stack:
         conn = stack.enter_context(libvirt_connection(config.uri))
         dom = lookup_domain(conn, config.domain)
+        ssh, tcp = ssh_prefix(config.uri), nbd_tcp(config.uri, config.ops)  # remote hosts
         stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
         out.create()
         level = _resolve_level(config.level, out)
@@ -178,7 +181,9 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         chosen, skipped = select_disks(domain_disks(domain_xml), config, level)
         for target, why in skipped.items():
             reporter.info(f"{target}: skipped: {why}")
-        infos = {d.target: image_info(d.path) for d in chosen if d.path and d.type != "network"}
+        infos = {
+            d.target: image_info(d.path, ssh) for d in chosen if d.path and d.type != "network"
+        }
         _check_bitmap_capable(chosen, infos, level)
 
         cps = Checkpoints(dom)
@@ -220,12 +225,13 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
                     checkpoint_xml=checkpoint_xml(new_cp, chain_targets, others)
                     if new_cp
                     else None,
+                    tcp=tcp,
                 )
             )
         if new_cp:
             out.save_checkpoint_xml(new_cp, cps.dump(new_cp))
         out.save_vmconfig(ident or COPY, domain_xml)
-        save_boot_files(domain_xml, out.path, None if level == COPY else ident)
+        save_boot_files(domain_xml, out.path, None if level == COPY else ident, ssh)
         for target, info in infos.items():
             out.save_image_info(target, ident or COPY, info)
 
@@ -453,8 +459,10 @@ def _backup_disk(
 ) -> DiskResult:
     started = time.monotonic()
     target = plan.disk.target
+    tcp = nbd_tcp(config.uri, config.ops)
     with NbdReader(
-        socket=socket,
+        socket=None if tcp else socket,
+        tcp=tcp,
         export=jd.export,
         bitmap=jd.bitmap if plan.incremental else None,
         request_size=config.request_size,
