@@ -103,7 +103,9 @@ def plan(config: RestoreConfig) -> Plan:
     backup = BackupSet(config.directory)
     names = config.disks or backup.disks
     points = {disk: _point(backup, disk, config.until) for disk in names}
-    xml_path = _saved_xml(backup, list(points.values()))
+    # the point that names the side files: a chain's, unless every disk is a copy
+    main = next((p for p, u in points.values() if u != COPY), next(iter(points.values()))[0])
+    xml_path = _saved_xml(backup, main)
     tree = domainxml.parse(xml_path) if xml_path else None
     saved = domainxml.saved_disks(tree) if tree is not None else {}
     output = Path(config.output)
@@ -124,7 +126,7 @@ def plan(config: RestoreConfig) -> Plan:
     config_out = None
     if xml_path is not None:
         config_out = output / (f"{new_name}.xml" if adjust else xml_path.name)
-    boot = _boot_plan(backup.directory, tree, output, disks[0].point) if tree is not None else {}
+    boot = _boot_plan(backup.directory, tree, output, main) if tree is not None else {}
     result = Plan(tuple(disks), xml_path, domain, config_out, boot)
     if not config.force:
         _refuse_existing(result)
@@ -193,13 +195,11 @@ def _ident(point: PointInTime) -> str:
     return newest.ident
 
 
-def _saved_xml(backup: BackupSet, points: list[tuple[PointInTime, str | None]]) -> Path | None:
-    """``vmconfig.<ident>.xml`` of the point; else the newest one saved before it."""
-    idents = [_ident(p) for p, _ in points]
-    for ident in idents:
-        path = backup.directory / f"vmconfig.{ident}.xml"
-        if path.is_file():
-            return path
+def _saved_xml(backup: BackupSet, point: PointInTime) -> Path | None:
+    """``vmconfig.<ident>.xml`` of the point; else the newest one saved."""
+    path = backup.directory / f"vmconfig.{_ident(point)}.xml"
+    if path.is_file():
+        return path
     saved = sorted(backup.directory.glob("vmconfig.*.xml"), key=lambda p: p.stat().st_mtime)
     return saved[-1] if saved else None
 
