@@ -199,3 +199,12 @@ def test_progress_adds_up_to_the_data(backup: Path, tmp_path: Path) -> None:
     restore(config, the_plan, lambda disk, done: reported.append((disk.disk, done)))
     assert reported[-1] == ("vda", the_plan.data_bytes)
     assert [done for _, done in reported] == sorted({done for _, done in reported})
+
+
+def test_preallocated_qcow2(backup: Path, tmp_path: Path) -> None:
+    image = restore(RestoreConfig(backup, tmp_path / "out", preallocate=True)).disks[0].image
+    done = subprocess.run(
+        ["qemu-img", "info", "--output=json", image], capture_output=True, check=True
+    )
+    assert json.loads(done.stdout)["actual-size"] >= SIZE
+    assert read_image(image, "qcow2") == expected(2)
