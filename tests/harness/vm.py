@@ -11,8 +11,8 @@ creates the socket itself, so the directory belongs to libvirt-qemu)::
         vda.expected.3.raw     snapshot returned by vm.expected("vda")
         io-7.bin               data file of one write, removed after it
 
-The domain is ``type='qemu'`` (TCG: QEMU runs as libvirt-qemu and cannot open
-/dev/kvm), has 64 MiB of memory and no OS, and is started paused. Each disk
+The domain is ``type='qemu'`` (TCG, so nothing depends on a usable /dev/kvm in
+this nested machine), has 64 MiB of memory and no OS, and is started paused. Each disk
 carries the user alias ``ua-<target>``, so its block backend is
 ``/machine/peripheral/ua-<target>/virtio-backend``.
 
