@@ -81,11 +81,15 @@ _backup_dir = click.argument(
     help="Write the domain XML rewritten for the restored images (new name, no UUID).",
 )
 @click.option("--name", help="Name of the adjusted domain (default: restore_<name>).")
-@click.option("--define", is_flag=True, help="Define the adjusted domain in libvirt.")
+@click.option(
+    "--define",
+    is_flag=True,
+    help="Define the adjusted domain in libvirt (implies --adjust-config).",
+)
 @click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
               help="libvirt URI for --define.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite existing images and files.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
 def restore_command(
     directory: Path,
     output: Path,
@@ -136,7 +140,7 @@ def info_command(directory: Path, as_json: bool) -> None:
 @click.command("verify")
 @_backup_dir
 @click.option("--until", metavar="CHECKPOINT", help="Only the files this point needs.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", is_flag=True, help="No progress display.")
 def verify_command(directory: Path, until: str | None, no_progress: bool) -> None:
     """Check every data file of DIR (checksums, structure, lz4) and the chain links."""
     config = VerifyConfig(directory, until)
