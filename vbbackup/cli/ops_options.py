@@ -32,6 +32,11 @@ _OPTIONS = [
                       "(needed with a remote -c qemu+ssh://...)."),
     click.option("--nbd-port", type=click.IntRange(1, 65535), default=10809, show_default=True,
                  help="TCP port of the export (with --nbd-host)."),
+    click.option("--tls", is_flag=True,
+                 help="Encrypt the TCP export with TLS (x509 certificates, as in qemu.conf)."),
+    click.option("--tls-cert-dir", type=click.Path(file_okay=False, path_type=Path),
+                 default=Path("/etc/pki/qemu"), show_default=True,
+                 help="ca-cert.pem, client-cert.pem, client-key.pem for --tls."),
 ]  # fmt: skip
 
 
@@ -52,6 +57,8 @@ def backup_options(
     kill_jobs: bool = False,
     nbd_host: str | None = None,
     nbd_port: int = 10809,
+    tls: bool = False,
+    tls_cert_dir: Path = Path("/etc/pki/qemu"),
 ) -> BackupOptions:
     return BackupOptions(
         start_domain=start_domain,
@@ -64,4 +71,6 @@ def backup_options(
         kill_jobs=kill_jobs,
         nbd_host=nbd_host,
         nbd_port=nbd_port,
+        tls=tls,
+        tls_cert_dir=tls_cert_dir,
     )

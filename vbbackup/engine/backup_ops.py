@@ -44,10 +44,14 @@ class BackupOptions:
     kill_jobs: bool = False
     nbd_host: str | None = None  # remote domains: the export is reached over TCP here
     nbd_port: int = 10809
+    tls: bool = False  # the TCP export with TLS (QEMU's and our x509 certificates)
+    tls_cert_dir: Path = Path("/etc/pki/qemu")
 
 
 def nbd_tcp(uri: str, ops: BackupOptions) -> tuple[str, int] | None:
     """Where the job's export listens: None (a local unix socket) or (host, port)."""
+    if ops.tls and not ops.nbd_host:
+        raise UsageError("--tls protects the TCP export: give --nbd-host (and --nbd-port)")
     if ops.nbd_host:
         return ops.nbd_host, ops.nbd_port
     if is_remote(uri):
@@ -148,6 +152,23 @@ def freeze(
 
 class BrokenChainError(ChainError):
     """The chain cannot go on (checkpoint lost for good, bitmap missing): fall back."""
+
+
+def tls_dir(ops: BackupOptions) -> str | None:
+    """The client certificate directory libnbd reads, when --tls."""
+    if not ops.tls:
+        return None
+    missing = [
+        name
+        for name in ("ca-cert.pem", "client-cert.pem", "client-key.pem")
+        if not (ops.tls_cert_dir / name).is_file()
+    ]
+    if missing:
+        raise UsageError(
+            f"--tls: {ops.tls_cert_dir} lacks {', '.join(missing)} "
+            "(the CA and a client certificate QEMU accepts; see --tls-cert-dir)"
+        )
+    return str(ops.tls_cert_dir)
 
 
 def check_options(level: str, ops: BackupOptions) -> None:

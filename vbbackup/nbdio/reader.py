@@ -40,6 +40,7 @@ class NbdReader:
         *,
         socket: Path | str | None = None,
         tcp: tuple[str, int] | None = None,
+        tls_dir: str | None = None,
         export: str = "",
         command: Sequence[str] | None = None,
         bitmap: str | None = None,
@@ -50,6 +51,7 @@ class NbdReader:
             raise ValueError("give one of socket, tcp or command")
         self._socket = str(socket) if socket is not None else None
         self._tcp = tcp
+        self._tls_dir = tls_dir  # ca-cert.pem, client-cert.pem, client-key.pem
         self._command = list(command) if command is not None else None
         self.export = export
         self.bitmap = bitmap
@@ -83,6 +85,9 @@ class NbdReader:
             if self.bitmap:
                 h.add_meta_context(self.bitmap)
             h.set_export_name(self.export)
+            if self._tls_dir is not None:
+                h.set_tls(nbd.TLS_REQUIRE)
+                h.set_tls_certificates(self._tls_dir)
             if self._socket is not None:
                 h.connect_unix(self._socket)
             elif self._tcp is not None:

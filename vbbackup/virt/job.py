@@ -48,6 +48,7 @@ def backup_xml(
     skip: Sequence[str],
     incremental: str | None,
     tcp: tuple[str, int] | None = None,
+    tls: bool = False,
 ) -> str:
     disks = [
         f"<disk name={quoteattr(t)} backup='yes' type='file'>"
@@ -56,8 +57,9 @@ def backup_xml(
     ]
     disks += [f"<disk name={quoteattr(t)} backup='no'/>" for t in skip]
     inc = f"<incremental>{escape(incremental)}</incremental>" if incremental else ""
+    tls_attr = " tls='yes'" if tls else ""
     server = (
-        f"<server transport='tcp' name={quoteattr(tcp[0])} port='{tcp[1]}'/>"
+        f"<server transport='tcp' name={quoteattr(tcp[0])} port='{tcp[1]}'{tls_attr}/>"
         if tcp  # remote hosts: the export is reached over TCP
         else f"<server transport='unix' socket={quoteattr(str(socket))}/>"
     )
@@ -94,9 +96,11 @@ class BackupJob:
         incremental: str | None = None,
         checkpoint_xml: str | None = None,
         tcp: tuple[str, int] | None = None,
+        tls: bool = False,
     ) -> None:
         self.dom = dom
         self.tcp = tcp
+        self.tls = tls  # QEMU's certificates: qemu.conf's backup/default_tls_x509_cert_dir
         self.targets = list(targets)
         self.skip = list(skip)
         self.incremental = incremental
@@ -130,7 +134,7 @@ class BackupJob:
 
     def _begin(self) -> None:
         name = self.dom.name()
-        xml = backup_xml(self.socket, self.scratch, self.skip, self.incremental, self.tcp)
+        xml = backup_xml(self.socket, self.scratch, self.skip, self.incremental, self.tcp, self.tls)
         try:
             self.dom.backupBegin(xml, self.checkpoint_xml, 0)
         except libvirt.libvirtError as err:
