@@ -37,7 +37,7 @@ from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import domain_lock
 from vbbackup.engine.writeback import WritebackFile
-from vbbackup.errors import ChainError, LibvirtError, UsageError, VbError
+from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.format import StreamMeta, StreamWriter
 from vbbackup.fsutil import atomic_output, write_checksum
 from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
@@ -210,7 +210,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
             out.remove(leftovers)
         for plan in plans:
             if plan.path.exists():
-                raise VbError(f"{plan.path} already exists; refusing to overwrite it")
+                raise TargetExistsError(f"{plan.path} already exists; refusing to overwrite it")
 
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
         others = [d.target for d in domain_disks(domain_xml) if d.target not in chain_targets]
