@@ -32,6 +32,7 @@ from vbbackup.engine.backup_ops import (
     nbd_tcp,
     refuse_or_fall_back,
     skip_run,
+    tls_dir,
 )
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
@@ -163,6 +164,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         conn = stack.enter_context(libvirt_connection(config.uri))
         dom = lookup_domain(conn, config.domain)
         ssh, tcp = ssh_prefix(config.uri), nbd_tcp(config.uri, config.ops)  # remote hosts
+        tls_dir(config.ops)  # --tls: the client certificates are there before anything starts
         stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
         out.create()
         level = _resolve_level(config.level, out)
@@ -226,6 +228,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
                     if new_cp
                     else None,
                     tcp=tcp,
+                    tls=config.ops.tls,
                 )
             )
         if new_cp:
@@ -463,6 +466,7 @@ def _backup_disk(
     with NbdReader(
         socket=None if tcp else socket,
         tcp=tcp,
+        tls_dir=tls_dir(config.ops),
         export=jd.export,
         bitmap=jd.bitmap if plan.incremental else None,
         request_size=config.request_size,
