@@ -100,3 +100,85 @@ def test_full_and_inc_of_a_domain_over_ssh_and_tcp(
     assert (out / "vda.virtnbdbackup.1.qcow.json").exists()  # qemu-img info over ssh
     # libvirt's connection and our qemu-img commands each logged in through the sshd
     assert log.read_text().count("Accepted publickey for root") >= 4
+
+
+QEMU_PKI = Path("/etc/pki/qemu")  # libvirt's default_tls_x509_cert_dir (qemu.conf)
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def qemu_tls(tmp_path: Path) -> Iterator[Path]:
+    """A throwaway CA, server and client certificates in libvirt's default x509 directory.
+
+    Installed only where there is none yet (a host's real certificates are never
+    touched) and removed afterwards. Yields the directory (client files included).
+    """
+    if shutil.which("openssl") is None:
+        pytest.skip("needs openssl")
+    if QEMU_PKI.exists() and any(QEMU_PKI.iterdir()):
+        pytest.skip(f"{QEMU_PKI} holds certificates of this host; not replacing them")
+    work = tmp_path / "pki"
+    work.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(work / "ca-key.pem"), "-out", str(work / "ca-cert.pem"),
+             "-subj", "/CN=vbbackup test CA")  # fmt: skip
+    for who, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        ext = work / f"{who}.ext"
+        ext.write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            f"extendedKeyUsage={usage}\nkeyUsage=digitalSignature,keyEncipherment\n"
+        )
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(work / f"{who}-key.pem"),
+                 "-out", str(work / f"{who}.csr"), "-subj", "/CN=localhost")  # fmt: skip
+        _openssl("x509", "-req", "-in", str(work / f"{who}.csr"), "-days", "2",
+                 "-CA", str(work / "ca-cert.pem"), "-CAkey", str(work / "ca-key.pem"),
+                 "-CAcreateserial", "-out", str(work / f"{who}-cert.pem"),
+                 "-extfile", str(ext))  # fmt: skip
+    created = [p for p in (QEMU_PKI.parent, QEMU_PKI) if not p.exists()]
+    QEMU_PKI.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem",
+                     "client-cert.pem", "client-key.pem"):  # fmt: skip
+            shutil.copy(work / name, QEMU_PKI / name)
+            (QEMU_PKI / name).chmod(0o644)  # QEMU runs as libvirt-qemu
+        for path in created:
+            path.chmod(0o755)
+        yield QEMU_PKI
+    finally:
+        for name in ("ca-cert.pem", "server-cert.pem", "server-key.pem",
+                     "client-cert.pem", "client-key.pem"):  # fmt: skip
+            (QEMU_PKI / name).unlink(missing_ok=True)
+        for path in reversed(created):
+            path.rmdir()
+
+
+def test_tls_export_over_ssh(
+    make_vm,  # type: ignore[no-untyped-def]
+    ssh_uri: tuple[str, Path],
+    qemu_tls: Path,
+    tmp_path: Path,
+) -> None:
+    uri, _ = ssh_uri
+    vm: TestVM = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    out = tmp_path / "set"
+    vm.write_pattern("vda", 2 * MiB, MiB, 0x33)
+    expected = vm.expected("vda")
+    code, text = run("full", vm.name, "-c", uri, "-o", str(out), "--tls", "--no-progress")
+    assert code == 2
+    assert "--tls protects the TCP export: give --nbd-host" in text
+    code, text = run(
+        "full", vm.name, "-c", uri, "-o", str(out), "--tls", "--nbd-host", "127.0.0.1",
+        "--nbd-port", str(_free_port()), "--tls-cert-dir", str(tmp_path), "--no-progress",
+    )  # fmt: skip
+    assert code == 2
+    assert f"--tls: {tmp_path} lacks ca-cert.pem, client-cert.pem, client-key.pem" in text
+    code, text = run(
+        "full", vm.name, "-c", uri, "-o", str(out), "--tls", "--nbd-host", "127.0.0.1",
+        "--nbd-port", str(_free_port()), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, text
+    with open_view(out) as view:
+        assert view.read(0, view.size) == expected.read_bytes()
