@@ -15,7 +15,7 @@ PACKAGES=(
     nbdkit nbdkit-plugin-python
     python3-lz4 python3-lxml python3-click python3-venv python3-pip
     fuse3 fdisk e2fsprogs xfsprogs dosfstools
-    virtnbdbackup ovmf openssh-server openssh-client
+    virtnbdbackup ovmf openssh-server openssh-client openssl
     time  # /usr/bin/time: peak RSS in bench/backup.py
 )
 
