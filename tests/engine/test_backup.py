@@ -12,6 +12,7 @@ import random
 import subprocess
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from tests.harness.vm import DiskSpec, TestVM
@@ -170,3 +171,23 @@ def test_no_sparse_detection_writes_discarded_ranges_as_data(make_vm, tmp_path: 
     files = [out / "vda.full.data", out / "vda.inc.virtnbdbackup.1.data"]
     assert_same(reconstruct(files, 16 * MiB, tmp_path / "a.raw"), vm.expected("vda"))
     assert os.path.getsize(files[1]) > 1 * MiB
+
+
+def test_inc_redefines_checkpoints_libvirt_lost(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    vm.write_pattern("vda", 0, 1 * MiB, 0x21)
+    out = tmp_path / "set"
+    backup(vm, "full", out)
+    vm.write_pattern("vda", 2 * MiB, 1 * MiB, 0x22)
+    backup(vm, "inc", out)
+    for name in ("virtnbdbackup.1", "virtnbdbackup.0"):  # libvirtd forgets, bitmaps stay
+        vm.dom.checkpointLookupByName(name).delete(
+            libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+        )
+    assert vm.dom.listAllCheckpoints() == []
+    vm.write_pattern("vda", 5 * MiB, 64 * 1024, 0x23)
+    result = backup(vm, "inc", out)
+    assert result.checkpoint == "virtnbdbackup.2"
+    assert result.disks[0].data_bytes == 64 * 1024
+    files = [out / "vda.full.data"] + [out / f"vda.inc.virtnbdbackup.{n}.data" for n in (1, 2)]
+    assert_same(reconstruct(files, 16 * MiB, tmp_path / "a.raw"), vm.expected("vda"))
