@@ -56,3 +56,23 @@ def test_virtnbdrestore_restores_our_chain(make_vm, tmp_path: Path, compress, di
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert cmp.returncode == 0, f"{target}: {cmp.stdout}{cmp.stderr}"
+
+
+def test_virtnbdrestore_restores_our_copy(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    vm.write_pattern("vda", 2 * MiB, 3 * MiB, 0x44)
+    out = tmp_path / "copy"
+    backup(vm, "copy", out, compress=2)
+    restored = tmp_path / "restored"
+    done = subprocess.run(
+        ["virtnbdrestore", "-i", str(out), "-o", str(restored), "-n",
+         "-f", str(vm.dir / "restore.sock")],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    image = restored / vm.disk_path("vda").name
+    cmp = subprocess.run(
+        ["qemu-img", "compare", "-q", "-F", "raw", str(image), str(vm.expected("vda"))],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cmp.returncode == 0, f"{cmp.stdout}{cmp.stderr}"

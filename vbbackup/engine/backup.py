@@ -351,7 +351,7 @@ def _plan_checkpoints(
 ) -> tuple[str | None, str | None, str]:
     """(incremental parent, checkpoint to create, checkpoint name for the meta)."""
     if level == COPY:
-        return None, None, ""
+        return None, None, checkpoint_name(0)  # what virtnbdbackup writes in a copy's meta
     if level == FULL:
         out.check_new_chain()
         deleted = cps.delete([*cps.names(), *chain])
@@ -415,7 +415,7 @@ def _plan_disk(
         level=disk_level,
         path=out.data_path(disk.target, disk_level, ident),
         incremental=disk_level in (INC, DIFF),
-        checkpoint=meta_cp if disk_level != COPY else "",
+        checkpoint=meta_cp,
         parent=parent if disk_level in (INC, DIFF) else None,
     )
 

@@ -111,7 +111,9 @@ class BackupDir:
         write_small_file(self.path / f"vmconfig.{ident}.xml", xml.encode())
 
     def save_image_info(self, disk: str, ident: str, info: dict[str, Any]) -> None:
-        write_small_file(self.path / f"{disk}.{ident}.qcow.json", json.dumps(info).encode())
+        write_small_file(
+            self.path / f"{disk}.{ident}.qcow.json", json.dumps(info, indent=4).encode()
+        )
 
     # -- preconditions ------------------------------------------------------------------
 
