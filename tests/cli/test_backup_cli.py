@@ -242,3 +242,18 @@ def test_two_disks_one_worker_and_a_summary_per_disk(make_vm, tmp_path: Path) ->
     for target in ("vda", "vdb"):
         got = reconstruct([out / f"{target}.full.data"], 16 * MiB, tmp_path / f"{target}.raw")
         assert_same(got, vm.expected(target))
+
+
+@pytest.mark.integration
+def test_inc_after_a_resize_says_to_start_a_new_chain(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 16 * MiB)])
+    out = tmp_path / "set"
+    code, _, err = run("full", vm.name, "-o", str(out), "-q")
+    assert code == 0, err
+    vm.dom.blockResize("vda", 32 * MiB, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+    code, _, err = run("inc", vm.name, "-o", str(out), "-q")
+    assert code == 4
+    assert err == (
+        f"vbbackup: error: disk vda changed size since the full backup ({16 * MiB} -> "
+        f"{32 * MiB} bytes): start a new chain with `vbbackup full` into a new directory\n"
+    )

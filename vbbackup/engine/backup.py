@@ -39,7 +39,7 @@ from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import domain_lock
 from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
-from vbbackup.format import StreamMeta, StreamWriter
+from vbbackup.format import StreamMeta, StreamWriter, read_index
 from vbbackup.fsutil import atomic_output, write_checksum
 from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
 from vbbackup.virt import (
@@ -196,6 +196,8 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         ):
             return BackupResult(config.domain, level, str(out.path), None, skipped=skipped)
         parent, new_cp, meta_cp = _plan_checkpoints(level, out, cps, chain, chosen, reporter)
+        if level in (INC, DIFF):
+            _check_sizes(out, chosen, infos)
         if parent is not None:
             check_bitmaps(dom, parent, bitmap_disks)
         elif new_cp:
@@ -385,6 +387,23 @@ def _require_chain(out: BackupDir, chain: list[str]) -> None:
             f"no full backup in {out.path} ({out.cpt_path.name} is missing): "
             f"run `vbbackup full {out.domain} -o {out.path}` first"
         )
+
+
+def _check_sizes(out: BackupDir, disks: list[DomainDisk], infos: dict[str, dict[str, Any]]) -> None:
+    """A disk resized since the full cannot continue the chain (its streams would not fit)."""
+    for d in disks:
+        info = infos.get(d.target)
+        full = out.data_path(d.target, FULL, "")
+        if info is None or not d.bitmap_capable or not full.exists():
+            continue
+        with open(full, "rb") as f:
+            was = read_index(f, str(full)).meta.virtual_size
+        now = int(info.get("virtual-size", was))
+        if now != was:
+            raise ChainError(
+                f"disk {d.target} changed size since the full backup ({was} -> {now} bytes): "
+                "start a new chain with `vbbackup full` into a new directory"
+            )
 
 
 def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]) -> None:
