@@ -17,6 +17,7 @@ Two things, both about the single-disk full backup being as fast as nbdcopy:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -129,5 +130,6 @@ class WritebackFile:
             end = self._started - WINDOW
             length = end - self._dropped
             _sync_file_range(self._fd, self._dropped, length, _WAIT_BEFORE | _WRITE | _WAIT_AFTER)
-            os.posix_fadvise(self._fd, self._dropped, length, os.POSIX_FADV_DONTNEED)
+            with contextlib.suppress(OSError):  # only advice: some file systems refuse it
+                os.posix_fadvise(self._fd, self._dropped, length, os.POSIX_FADV_DONTNEED)
             self._dropped = end
