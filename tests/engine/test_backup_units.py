@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import libvirt
@@ -10,6 +11,7 @@ import pytest
 
 from vbbackup.engine.backup import BackupConfig, select_disks
 from vbbackup.engine.backupset import BackupDir
+from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import BackupBusyError, ChainError, LibvirtError, TargetExistsError, UsageError
 from vbbackup.virt import checkpoint_index, domain_disks
 from vbbackup.virt.checkpoints import checkpoint_xml
@@ -129,3 +131,25 @@ def test_begin_errors_name_the_fix(code: int, message: str, kind: type, wanted: 
     err = begin_error("vm1", _libvirt_error(code, message), Path("/var/tmp/vbbackup-vm1-1.sock"))
     assert isinstance(err, kind)
     assert wanted in str(err)
+
+
+def test_writeback_file_keeps_order_and_calls_back_after_writing(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    pieces = [rng.randbytes(rng.choice([3, 40, 70_000, 9 * 1024 * 1024])) for _ in range(40)]
+    written: list[int] = []
+    path = tmp_path / "out"
+    with open(path, "wb") as f, WritebackFile(f) as out:
+        for i, piece in enumerate(pieces):
+            out.write(memoryview(piece))
+            out.call_after(lambda n: written.append(n), i)
+    assert written == list(range(40))
+    assert path.read_bytes() == b"".join(pieces)
+
+
+def test_writeback_file_raises_the_writer_threads_error(tmp_path: Path) -> None:
+    with open(tmp_path / "out", "wb") as f:
+        out = WritebackFile(f)
+        f.close()  # every write of the thread now fails
+        out.write(b"x" * 100_000)
+        with pytest.raises(ValueError, match="closed file"):
+            out.close()
