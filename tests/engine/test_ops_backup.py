@@ -193,3 +193,17 @@ def test_copy_of_a_shut_off_domain_needs_no_option(make_vm, tmp_path: Path) -> N
     assert not vm.dom.isActive()
     assert vm.dom.listAllCheckpoints() == []
     assert _reads_as(tmp_path / "copy", "copy", expected)
+
+
+def test_auto_with_threshold_starts_the_chain_then_skips(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = _vm(make_vm)
+    out = tmp_path / "set"
+    args = ["auto", vm.name, "-o", str(out), "--threshold", str(MiB), "--no-progress"]
+    code, text = run(*args)
+    assert code == 0, text
+    assert (out / "vda.full.data").exists()
+    vm.write_pattern("vda", 0, 64 * 1024, 0x12)
+    code, text = run(*args)
+    assert code == 0, text
+    assert "skipped: 65536 bytes changed since virtnbdbackup.0" in text
+    assert not list(out.glob("vda.inc.*"))

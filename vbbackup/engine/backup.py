@@ -152,7 +152,8 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
         return _run_backup(config, reporter)
     except BrokenChainError as err:
         target = refuse_or_fall_back(config.output, str(err), config.ops, reporter.info)
-        return _run_backup(replace(config, level=FULL, output=target), reporter)
+        ops = replace(config.ops, checkpoint_dir=None)  # the old chain's XML stays untouched
+        return _run_backup(replace(config, level=FULL, output=target, ops=ops), reporter)
 
 
 def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
@@ -168,7 +169,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
         stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
         out.create()
         level = _resolve_level(config.level, out)
-        check_options(level, config.ops)
+        check_options(level, config.ops, auto=config.level == AUTO)
         if not config.ops.estimate:
             stack.enter_context(_run_log(out, level))
         if level in (INC, DIFF):

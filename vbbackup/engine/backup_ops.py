@@ -171,8 +171,14 @@ def tls_dir(ops: BackupOptions) -> str | None:
     return str(ops.tls_cert_dir)
 
 
-def check_options(level: str, ops: BackupOptions) -> None:
-    """--estimate and --threshold measure changes since a checkpoint: inc and diff only."""
+def check_options(level: str, ops: BackupOptions, auto: bool = False) -> None:
+    """--estimate and --threshold measure changes since a checkpoint: inc and diff only.
+
+    With ``auto`` a run that turns out to start a chain ignores --threshold (the
+    full has to happen; later runs are skipped while little changes).
+    """
+    if auto and not ops.estimate:
+        return
     if (ops.estimate or ops.threshold is not None) and level not in ("inc", "diff"):
         raise UsageError(
             f"--estimate and --threshold apply to inc and diff backups; this run is a {level}"
