@@ -201,7 +201,7 @@ def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
             _check_sizes(out, chosen, infos)
         if parent is not None:
             check_bitmaps(dom, parent, bitmap_disks)
-        elif new_cp:
+        if new_cp:
             all_disks = [d.target for d in domain_disks(domain_xml)]
             drop_orphans(dom, new_cp, bitmap_disks, all_disks, reporter.info)
         ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[level]

@@ -198,6 +198,6 @@ def check_bitmaps(dom: libvirt.virDomain, checkpoint: str, targets: list[str]) -
 def drop_orphans(
     dom: libvirt.virDomain, name: str, targets: list[str], all_targets: list[str], say: Say
 ) -> None:
-    """A new chain's first checkpoint: clear same-named bitmaps a lost checkpoint left."""
+    """Before a checkpoint is created: clear same-named bitmaps a lost checkpoint left."""
     for target in drop_orphan_bitmaps(dom, name, targets, all_targets):
         say(f"{target}: removed bitmap {name} that no checkpoint owned (a lost checkpoint's)")
