@@ -58,7 +58,7 @@ def copy_extents(
     """
     queue: deque[_Chunk | tuple[str, int, int]] = deque()
     buffers = BufferPool(reader.request_size, reader.in_flight + PREFETCH + max_pending + DEPTH + 3)
-    reads = _prefetch(reader.read_pieces(pieces(extents, reader.request_size), buffers))
+    reads = _Prefetch(reader.read_pieces(pieces(extents, reader.request_size), buffers))
 
     def drain(limit: int) -> None:
         waiting = sum(isinstance(item, _Chunk) for item in queue)
@@ -100,7 +100,7 @@ def copy_extents(
                 item.frame.cancel()
 
 
-class _prefetch:  # noqa: N801 - used like a generator
+class _Prefetch:
     """Run an iterator in a thread of its own, ``PREFETCH`` items ahead of the consumer."""
 
     def __init__(self, source: Iterator[tuple[int, memoryview]]) -> None:
@@ -130,7 +130,7 @@ class _prefetch:  # noqa: N801 - used like a generator
                 continue
         return False
 
-    def __iter__(self) -> _prefetch:
+    def __iter__(self) -> _Prefetch:
         return self
 
     def __next__(self) -> tuple[int, memoryview]:
