@@ -1,10 +1,13 @@
 """Copy one disk from its NBD export into a stream file, in order, with overlap.
 
-Three things run at once: libnbd reads (several requests in flight), lz4
-compression of earlier pieces in worker threads (lz4 releases the GIL), and
-the writer, which takes finished pieces strictly in disk order::
+Four things run at once: libnbd reads (several requests in flight, polled by a
+reader thread), lz4 compression of earlier pieces in worker threads (lz4
+releases the GIL), this thread, which builds the frames strictly in disk order
+(and the stream's adler32), and the file writes (WritebackFile's thread)::
 
-    NBD  [r5][r6][r7][r8]  ->  pool  (c3)(c4)  ->  file  ...|d1|d2|
+    NBD  [r5][r6][r7][r8]  ->  lz4 pool (c3)(c4)  ->  frames  ->  file  ...|d1|d2|
+
+Read buffers come from a BufferPool and go back once compressed or written.
 """
 
 from __future__ import annotations
