@@ -28,6 +28,10 @@ DOMAIN_XML = """<domain type='qemu'><name>vm1</name><devices>
     <target dev='hdc' bus='ide'/><readonly/></disk>
   <disk type='network' device='disk'><driver name='qemu' type='qcow2'/>
     <source protocol='rbd' name='pool/img'/><target dev='vdc' bus='virtio'/></disk>
+  <disk type='volume' device='disk'><driver name='qemu' type='qcow2'/>
+    <source pool='default' volume='vm1-data.qcow2'/><target dev='vdd' bus='virtio'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+    <target dev='vde' bus='virtio'/></disk>
 </devices></domain>"""
 
 
@@ -42,23 +46,26 @@ def test_disks_are_read_from_the_domain_xml() -> None:
     assert not disks["sda"].bitmap_capable and not disks["vdb"].bitmap_capable
     assert disks["hdc"].removable and disks["hdc"].path is None
     assert disks["vdc"].type == "network" and disks["vdc"].bitmap_capable
+    assert disks["vdd"].type == "volume" and disks["vdd"].has_medium and disks["vdd"].path is None
+    assert not disks["vde"].has_medium
 
 
 def test_selection_skips_raw_lun_and_cdrom_with_reasons() -> None:
     chosen, skipped = select_disks(domain_disks(DOMAIN_XML), config(), "full")
-    assert [d.target for d in chosen] == ["vda", "vdc"]
+    assert [d.target for d in chosen] == ["vda", "vdc", "vdd"]
     assert skipped == {
         "vdb": "raw image cannot carry checkpoints (--raw copies it whole)",
         "sda": "direct-attached LUN cannot carry checkpoints (--raw copies it whole)",
         "hdc": "cdrom drives are never backed up",
+        "vde": "no medium",
     }
 
 
 def test_raw_disks_join_full_and_copy_but_not_inc() -> None:
     chosen, _ = select_disks(domain_disks(DOMAIN_XML), config(raw=True), "full")
-    assert [d.target for d in chosen] == ["vda", "vdb", "sda", "vdc"]
+    assert [d.target for d in chosen] == ["vda", "vdb", "sda", "vdc", "vdd"]
     chosen, skipped = select_disks(domain_disks(DOMAIN_XML), config(raw=True), "inc")
-    assert [d.target for d in chosen] == ["vda", "vdc"]
+    assert [d.target for d in chosen] == ["vda", "vdc", "vdd"]
     assert skipped["vdb"] == "raw disk: only full and copy back it up"
 
 
@@ -66,11 +73,13 @@ def test_include_exclude_and_unknown_names() -> None:
     chosen, skipped = select_disks(domain_disks(DOMAIN_XML), config(include=("vdc",)), "inc")
     assert [d.target for d in chosen] == ["vdc"] and skipped["vda"] == "not included"
     chosen, skipped = select_disks(domain_disks(DOMAIN_XML), config(exclude=("vdc",)), "inc")
-    assert [d.target for d in chosen] == ["vda"] and skipped["vdc"] == "excluded"
-    with pytest.raises(UsageError, match=r"has no disk 'vdz' \(disks: hdc, sda, vda, vdb, vdc\)"):
+    assert [d.target for d in chosen] == ["vda", "vdd"] and skipped["vdc"] == "excluded"
+    with pytest.raises(
+        UsageError, match=r"has no disk 'vdz' \(disks: hdc, sda, vda, vdb, vdc, vdd, vde\)"
+    ):
         select_disks(domain_disks(DOMAIN_XML), config(exclude=("vdz",)), "full")
     with pytest.raises(UsageError, match="nothing to back up in domain 'vm1'"):
-        select_disks(domain_disks(DOMAIN_XML), config(exclude=("vda", "vdc")), "full")
+        select_disks(domain_disks(DOMAIN_XML), config(exclude=("vda", "vdc", "vdd")), "full")
 
 
 def test_backup_dir_names_and_rules(tmp_path: Path) -> None:

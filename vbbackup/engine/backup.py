@@ -312,7 +312,7 @@ def select_disks(
             skipped[d.target] = "excluded"
         elif d.removable:
             skipped[d.target] = f"{d.device} drives are never backed up"
-        elif d.path is None and d.type != "network":
+        elif not d.has_medium:
             skipped[d.target] = "no medium"
         elif not d.bitmap_capable and not config.raw:
             kind = "direct-attached LUN" if d.device == "lun" else f"{d.format or 'raw'} image"

@@ -20,7 +20,8 @@ class DomainDisk:
     device: str  # disk, cdrom, floppy, lun
     type: str  # file, block, network, volume
     format: str  # qcow2, raw, ... ("" when not given)
-    path: str | None  # file or block device, None for network disks / empty drives
+    path: str | None  # file or block device; None for network and pool volumes, empty drives
+    has_medium: bool = True  # False for an empty drive (no <source>)
 
     @property
     def removable(self) -> bool:
@@ -52,6 +53,7 @@ def domain_disks(xml: str | bytes) -> list[DomainDisk]:
                 type=node.get("type", "file"),
                 format=driver.get("type", "") if driver is not None else "",
                 path=path,
+                has_medium=source is not None,
             )
         )
     return disks
