@@ -9,9 +9,9 @@ import zlib
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from tests.format.streams import Extent, write_stream
-from vbbackup.format import PayloadReader, read_index
-from vbbackup.format.compression import MAX_CHUNK
+from tests.format.streams import Extent, make_meta, write_stream
+from vbbackup.format import PayloadReader, StreamWriter, compress_chunk, read_index
+from vbbackup.format.compression import MAX_CHUNK, PIECE
 
 
 @st.composite
@@ -88,15 +88,33 @@ def test_compressed_trailer_matches_virtnbdbackup_layout():
     assert blob[-42 - tlen - 40 : -42 - tlen] == b"stop 0000000000000000 0000000000000000\r\n"
 
 
-def test_large_range_is_split_into_bounded_lz4_frames():
+def test_large_range_is_split_into_pieces_and_a_read_decodes_one():
     import lz4.frame
 
-    data = b"\x00\x01" * (MAX_CHUNK // 2) + b"\x02" * 10
-    blob, _ = write_stream(MAX_CHUNK * 2, [Extent(0, len(data), data)], compressed=1)
+    data = b"\x00\x01" * (2 * PIECE) + b"\x02" * 10
+    blob, _ = write_stream(8 * PIECE, [Extent(0, len(data), data)], compressed=1)
     index = read_index(io.BytesIO(blob))
-    sizes = index.frame(0).chunk_sizes
-    assert len(sizes) == 2
+    assert len(index.frame(0).chunk_sizes) == 5
     reader = PayloadReader(io.BytesIO(blob), index)
+    assert [raw for _, raw, _, _ in reader.chunk_layout(0)] == [PIECE] * 4 + [10]
+    assert reader.read(0, 4 * PIECE - 2, 6) == b"\x00\x01\x02\x02\x02\x02"
+    assert sorted(reader._cache) == [(0, 3), (0, 4)]  # the two pieces read, no others
+    assert reader.read(0, PIECE + 4, 4) == b"\x00\x01\x00\x01"
+    assert (0, 1) in reader._cache and (0, 0) not in reader._cache
+    assert lz4.frame.get_frame_info(blob[index.frame(0).payload_pos :][:32])["block_checksum"]
+
+
+def test_pieces_of_up_to_32_mib_are_read():
+    """virtnbdbackup writes one lz4 frame per request, up to 32 MiB."""
+    data = b"\x00\x01" * (MAX_CHUNK // 2) + b"\x02" * 10
+    buf = io.BytesIO()
+    writer = StreamWriter(buf, make_meta(MAX_CHUNK * 2, [Extent(0, len(data), data)], 1))
+    writer.begin_data(0, len(data))
+    writer.write_compressed_chunk(compress_chunk(data[:MAX_CHUNK]), MAX_CHUNK)
+    writer.write_compressed_chunk(compress_chunk(data[MAX_CHUNK:]), 10)
+    writer.end_data()
+    writer.finish()
+    index = read_index(io.BytesIO(buf.getvalue()))
+    reader = PayloadReader(io.BytesIO(buf.getvalue()), index)
     assert [raw for _, raw, _, _ in reader.chunk_layout(0)] == [MAX_CHUNK, 10]
     assert reader.read(0, MAX_CHUNK - 2, 6) == b"\x00\x01\x02\x02\x02\x02"
-    assert lz4.frame.get_frame_info(blob[index.frame(0).payload_pos :][:32])["block_checksum"]

@@ -111,11 +111,7 @@ class PointInTimeView:
     def _read_compressed(self, dst: memoryview, layer: int, frame: int, offset: int) -> None:
         reader = self._readers[layer]
         end = offset + len(dst)
-        for n, (raw_off, raw_len, file_pos, csize) in enumerate(reader.chunk_layout(frame)):
-            if raw_off + raw_len <= offset:
-                continue
-            if raw_off >= end:
-                break
+        for n, (raw_off, raw_len, file_pos, csize) in reader.chunks_in(frame, offset, len(dst)):
             data = self._cache.get(
                 (layer, frame, n), partial(_decode, reader, file_pos, csize, raw_len)
             )

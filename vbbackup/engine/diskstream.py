@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
-from vbbackup.format import StreamWriter, compress_chunk
+from vbbackup.format import StreamWriter, compress_pieces
 from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
 
 Progress = Callable[[int], None]
@@ -33,11 +33,11 @@ _END = object()
 
 @dataclass
 class _Chunk:
-    """One read piece on its way to the file: raw bytes or a compression future."""
+    """One read piece on its way to the file: raw bytes or its lz4 frames to come."""
 
     raw_length: int
     raw: memoryview | None = None
-    frame: Future[bytes] | None = None
+    frame: Future[list[bytes]] | None = None
 
 
 def copy_extents(
@@ -89,7 +89,7 @@ def copy_extents(
                 _start, buf = next(reads)
                 done += len(buf)
                 if writer.compressed and pool is not None:
-                    frame = pool.submit(compress_chunk, buf, level)
+                    frame = pool.submit(compress_pieces, buf, level)
                     queue.append(_Chunk(len(buf), raw=buf, frame=frame))
                 else:
                     queue.append(_Chunk(len(buf), raw=buf))
@@ -156,7 +156,7 @@ def _ready(item: _Chunk | tuple[str, int, int]) -> bool:
 def _emit(writer: StreamWriter, item: _Chunk | tuple[str, int, int], progress: Progress) -> None:
     if isinstance(item, _Chunk):
         if item.frame is not None:
-            writer.write_compressed_chunk(item.frame.result(), item.raw_length)
+            writer.write_compressed_pieces(item.frame.result(), item.raw_length)
         else:
             writer.write_chunk(item.raw if item.raw is not None else b"")
         progress(item.raw_length)

@@ -4,7 +4,13 @@ Interchangeable with virtnbdbackup's; specified in ``docs/format.md``.
 """
 
 from vbbackup.errors import StreamFormatError
-from vbbackup.format.compression import MAX_CHUNK, compress_chunk, decompress_chunk
+from vbbackup.format.compression import (
+    MAX_CHUNK,
+    PIECE,
+    compress_chunk,
+    compress_pieces,
+    decompress_chunk,
+)
 from vbbackup.format.frames import HEADER_SIZE
 from vbbackup.format.index import KIND_DATA, KIND_ZERO, Frame, StreamIndex, read_index
 from vbbackup.format.meta import StreamMeta
@@ -16,6 +22,7 @@ __all__ = [
     "KIND_DATA",
     "KIND_ZERO",
     "MAX_CHUNK",
+    "PIECE",
     "Frame",
     "PayloadReader",
     "StreamFormatError",
@@ -23,6 +30,7 @@ __all__ = [
     "StreamMeta",
     "StreamWriter",
     "compress_chunk",
+    "compress_pieces",
     "decompress_chunk",
     "read_index",
 ]

@@ -2,7 +2,10 @@
 
 Each piece is at most ``MAX_CHUNK`` bytes uncompressed, because
 virtnbdrestore writes every decoded frame in one NBD request, and QEMU's NBD
-server takes at most 32 MiB per request.
+server takes at most 32 MiB per request. We write pieces of ``PIECE`` bytes:
+a random read decodes one whole piece, so small pieces make random reads of
+a compressed set cheap, while lz4 (64 KiB linked blocks) loses almost nothing
+by it (docs/performance.md has the figures).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import lz4.frame
 from vbbackup.errors import StreamFormatError
 
 MAX_CHUNK: Final = 32 * 1024 * 1024
+PIECE: Final = 512 * 1024
 DEFAULT_LEVEL: Final = 2
 # An lz4 frame header with a content size is at most 19 bytes.
 FRAME_HEADER_MAX: Final = 19
@@ -28,6 +32,16 @@ def compress_chunk(raw: bytes | bytearray | memoryview, level: int = DEFAULT_LEV
         content_checksum=True,
         store_size=True,
     )
+
+
+def compress_pieces(raw: bytes | bytearray | memoryview, level: int = DEFAULT_LEVEL) -> list[bytes]:
+    """``raw`` as lz4 frames of ``PIECE`` bytes each (the last may be shorter).
+
+    One call per read buffer, so a pool worker does the whole buffer without
+    the GIL most of the time and the caller pays one future, not one a piece.
+    """
+    view = memoryview(raw)
+    return [compress_chunk(view[pos : pos + PIECE], level) for pos in range(0, len(view), PIECE)]
 
 
 def decompress_chunk(frame: bytes, path: str, position: int) -> bytes:

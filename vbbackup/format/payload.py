@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -43,6 +44,7 @@ class PayloadReader:
             self._fd = None
         self._lock = threading.Lock()
         self._layouts: dict[int, tuple[tuple[int, int, int, int], ...]] = {}
+        self._offsets: dict[int, list[int]] = {}
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._cache_max = cache_chunks
 
@@ -92,6 +94,21 @@ class PayloadReader:
         self._layouts[i] = layout
         return layout
 
+    def chunks_in(
+        self, i: int, offset: int, length: int
+    ) -> list[tuple[int, tuple[int, int, int, int]]]:
+        """``(n, layout entry)`` of the lz4 frames of frame i that [offset, +length) touches.
+
+        A binary search: a frame of a long extent holds thousands of pieces.
+        """
+        layout = self.chunk_layout(i)
+        offsets = self._offsets.get(i)
+        if offsets is None:
+            offsets = self._offsets[i] = [entry[0] for entry in layout]
+        first = max(bisect_right(offsets, offset) - 1, 0)
+        last = bisect_right(offsets, offset + length - 1, first) if length else first
+        return [(n, layout[n]) for n in range(first, last)]
+
     def _decode(self, i: int, n: int, file_pos: int, csize: int) -> bytes:
         key = (i, n)
         with self._lock:
@@ -118,11 +135,7 @@ class PayloadReader:
             return self.pread(length, idx.payload_pos[i] + offset)
         out = bytearray()
         end = offset + length
-        for n, (raw_off, raw_len, file_pos, csize) in enumerate(self.chunk_layout(i)):
-            if raw_off + raw_len <= offset:
-                continue
-            if raw_off >= end:
-                break
+        for n, (raw_off, raw_len, file_pos, csize) in self.chunks_in(i, offset, length):
             data = self._decode(i, n, file_pos, csize)
             if len(data) != raw_len:
                 raise StreamFormatError(

@@ -16,7 +16,7 @@ import zlib
 from typing import BinaryIO
 
 from vbbackup.format import frames
-from vbbackup.format.compression import MAX_CHUNK, compress_chunk
+from vbbackup.format.compression import MAX_CHUNK, PIECE, compress_pieces
 from vbbackup.format.meta import StreamMeta
 
 TrailerEntry = int | dict[str, list[int]]
@@ -82,10 +82,7 @@ class StreamWriter:
     def write_chunk(self, raw: bytes | bytearray | memoryview) -> None:
         """Next piece of the open frame; compressed here if the stream is."""
         if self.compressed:
-            level = int(self.meta.compressed)
-            for pos in range(0, len(raw), MAX_CHUNK):
-                piece = raw[pos : pos + MAX_CHUNK]
-                self.write_compressed_chunk(compress_chunk(piece, level), len(piece))
+            self.write_compressed_pieces(compress_pieces(raw, int(self.meta.compressed)), len(raw))
         else:
             self._advance(len(raw))
             self._write(raw)
@@ -99,6 +96,15 @@ class StreamWriter:
         self._advance(raw_length)
         self._open_chunks.append(len(frame))
         self._write(frame)
+
+    def write_compressed_pieces(self, frames: list[bytes], raw_length: int) -> None:
+        """``compress_pieces``' frames of ``raw_length`` bytes: ``PIECE`` bytes each."""
+        for frame in frames:
+            n = min(PIECE, raw_length)
+            self.write_compressed_chunk(frame, n)
+            raw_length -= n
+        if raw_length:
+            raise ValueError(f"compressed pieces are {raw_length} bytes short")
 
     def _advance(self, raw_length: int) -> None:
         if self._open_start < 0:
