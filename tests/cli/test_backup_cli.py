@@ -239,6 +239,7 @@ def test_two_disks_one_worker_and_a_summary_per_disk(make_vm, tmp_path: Path) ->
     lines = err.splitlines()
     assert any(line.startswith("vda: full, 3.0 MiB data, file vda.full.data ") for line in lines)
     assert any(line.startswith("vdb: full, 2.0 MiB data, file vdb.full.data ") for line in lines)
+    assert "\x1b" not in err and "\r" not in err and "%" not in err  # stderr is no terminal
     for target in ("vda", "vdb"):
         got = reconstruct([out / f"{target}.full.data"], 16 * MiB, tmp_path / f"{target}.raw")
         assert_same(got, vm.expected(target))

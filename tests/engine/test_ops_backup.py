@@ -70,9 +70,17 @@ def test_estimate_writes_nothing_and_threshold_skips(make_vm, tmp_path: Path) ->
     assert "--estimate and --threshold apply to inc and diff backups; this run is a full" in text
     vm.write_pattern("vda", MiB, 2 * MiB, 0x33)
     before = sorted(p.name for p in out.rglob("*"))
-    code, text = run("inc", vm.name, "-o", str(out), "--estimate")
-    assert code == 0, text
-    assert f"estimate: {2 * MiB} bytes changed since virtnbdbackup.0 (vda {2 * MiB})" in text
+    estimate = f"estimate: {2 * MiB} bytes changed since virtnbdbackup.0 (vda {2 * MiB})\n"
+    invoke = CliRunner(mix_stderr=False).invoke
+    quiet = invoke(main, ["inc", vm.name, "-o", str(out), "-q", "--estimate"])
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, estimate, "")  # -q: still shown
+    as_json = invoke(main, ["inc", vm.name, "-o", str(out), "--estimate", "--json"])
+    assert as_json.exit_code == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["estimate"] == {
+        "since": "virtnbdbackup.0",
+        "disks": {"vda": 2 * MiB},
+        "bytes": 2 * MiB,
+    }
     assert sorted(p.name for p in out.rglob("*")) == before
     code, text = run("inc", vm.name, "-o", str(out), "--threshold", str(3 * MiB))
     assert code == 0, text

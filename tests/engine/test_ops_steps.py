@@ -13,12 +13,14 @@ from tests.harness.backup import pull_backup
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.engine.backup_ops import (
     BackupOptions,
+    Estimate,
+    below_threshold,
     broken_bitmaps,
     clear_jobs,
     domain_ready,
+    estimate_changes,
     fallback_dir,
     refuse_or_fall_back,
-    skip_run,
 )
 from vbbackup.errors import BackupBusyError, ChainError, LibvirtError
 
@@ -100,12 +102,13 @@ def test_estimate_and_threshold(make_vm) -> None:  # type: ignore[no-untyped-def
     with pull_backup(vm, checkpoint="cp0"):
         pass
     vm.write_pattern("vda", MiB, 2 * MiB, 0x11)
+    changes = estimate_changes(vm.dom, "cp0", ["vda"])
+    assert changes == Estimate("cp0", {"vda": 2 * MiB})
+    assert changes.line() == f"estimate: {2 * MiB} bytes changed since cp0 (vda {2 * MiB})"
     lines: list[str] = []
-    assert not skip_run(vm.dom, "cp0", ["vda"], BackupOptions(), lines.append)
-    assert skip_run(vm.dom, "cp0", ["vda"], BackupOptions(estimate=True), lines.append)
-    assert skip_run(vm.dom, "cp0", ["vda"], BackupOptions(threshold=3 * MiB), lines.append)
-    assert not skip_run(vm.dom, "cp0", ["vda"], BackupOptions(threshold=MiB), lines.append)
+    assert not below_threshold(changes, BackupOptions(), lines.append)
+    assert below_threshold(changes, BackupOptions(threshold=3 * MiB), lines.append)
+    assert not below_threshold(changes, BackupOptions(threshold=MiB), lines.append)
     assert lines == [
-        f"estimate: {2 * MiB} bytes changed since cp0 (vda {2 * MiB})",
         f"skipped: {2 * MiB} bytes changed since cp0, less than the threshold of {3 * MiB}",
     ]

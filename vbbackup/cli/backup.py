@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,8 @@ from typing import Any
 import click
 
 from vbbackup.cli.ops_options import backup_options, ops_options
-from vbbackup.engine.backup import BackupConfig, DiskResult, Reporter, run_backup
+from vbbackup.cli.progress import CliReporter
+from vbbackup.engine.backup import BackupConfig, run_backup
 
 DEFAULT_ROOT = Path("/var/lib/vbbackup")
 _HELP = {
@@ -24,71 +23,6 @@ _HELP = {
     "copy": "Full data of every disk; creates and touches no checkpoint.",
     "auto": "`full` into an empty or new directory, else `inc`.",
 }
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-class CliReporter(Reporter):
-    """Info lines and a one-line progress display on stderr, summaries per disk."""
-
-    def __init__(self, quiet: bool, progress: bool) -> None:
-        self.quiet = quiet
-        self.progress = progress and not quiet and sys.stderr.isatty()
-        self._lock = threading.Lock()
-        self._totals: dict[str, int] = {}
-        self._done: dict[str, int] = {}
-        self._started: dict[str, float] = {}
-        self._drawn = 0.0
-
-    def _say(self, line: str) -> None:
-        if self.quiet:
-            return
-        with self._lock:
-            if self.progress:
-                click.echo("\r\x1b[K", nl=False, err=True)
-            click.echo(line, err=True)
-
-    def info(self, message: str) -> None:
-        super().info(message)
-        self._say(message)
-
-    def disk_started(self, target: str, total: int) -> None:
-        with self._lock:
-            self._totals[target] = total
-            self._done[target] = 0
-            self._started[target] = time.monotonic()
-
-    def disk_progress(self, target: str, done: int) -> None:
-        if not self.progress:
-            return
-        with self._lock:
-            self._done[target] = done
-            now = time.monotonic()
-            if now - self._drawn < 0.2:
-                return
-            self._drawn = now
-            parts = []
-            for t, total in self._totals.items():
-                got = self._done.get(t, 0)
-                rate = got / max(now - self._started[t], 1e-6)
-                pct = 100 * got // total if total else 100
-                parts.append(f"{t} {pct:3d}% {human(got)}/{human(total)} {human(rate)}/s")
-            click.echo("\r\x1b[K" + " | ".join(parts), nl=False, err=True)
-
-    def disk_done(self, result: DiskResult) -> None:
-        with self._lock:
-            self._totals.pop(result.target, None)
-        self._say(
-            f"{result.target}: {result.level}, {human(result.data_bytes)} data, "
-            f"file {Path(result.path).name} {human(result.file_bytes)}, "
-            f"{result.seconds:.1f} s, {human(result.throughput)}/s"
-        )
 
 
 def _options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -119,7 +53,8 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Print a machine-readable summary on stdout."),
         click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
         click.option("-v", "--verbose", is_flag=True, help="Also print the run's log lines."),
-        click.option("--no-progress", is_flag=True, help="No progress display."),
+        click.option("--no-progress", is_flag=True,
+                     help="No progress bars (there are none either when stderr is no terminal)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -155,6 +90,8 @@ def _make_command(level: str) -> click.Command:
         result = run_backup(config, CliReporter(quiet or verbose, not no_progress))
         if as_json:
             click.echo(json.dumps(result.to_dict(), indent=2))
+        elif result.estimate is not None:  # the command's result: stdout, even with -q
+            click.echo(result.estimate.line())
 
     return command
 

@@ -23,15 +23,17 @@ from typing import Any
 from vbbackup.engine.backup_ops import (
     BackupOptions,
     BrokenChainError,
+    Estimate,
+    below_threshold,
     check_bitmaps,
     check_options,
     clear_jobs,
     domain_ready,
     drop_orphans,
+    estimate_changes,
     freeze,
     nbd_tcp,
     refuse_or_fall_back,
-    skip_run,
     tls_dir,
 )
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
@@ -110,9 +112,13 @@ class BackupResult:
     disks: list[DiskResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    estimate: Estimate | None = None  # --estimate: the run's result instead of streams
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        result = asdict(self)
+        if self.estimate is not None:
+            result["estimate"]["bytes"] = self.estimate.total
+        return result
 
 
 class Reporter:
@@ -149,112 +155,178 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
     """
     reporter = reporter or Reporter()
     try:
-        return _run_backup(config, reporter)
+        return _Run(config, reporter).run()
     except BrokenChainError as err:
         target = refuse_or_fall_back(config.output, str(err), config.ops, reporter.info)
         ops = replace(config.ops, checkpoint_dir=None)  # the old chain's XML stays untouched
-        return _run_backup(replace(config, level=FULL, output=target, ops=ops), reporter)
+        return _Run(replace(config, level=FULL, output=target, ops=ops), reporter).run()
 
 
-def _run_backup(config: BackupConfig, reporter: Reporter) -> BackupResult:
-    if config.level not in LEVELS:
-        raise UsageError(f"unknown backup level {config.level!r} (one of {', '.join(LEVELS)})")
-    started = time.monotonic()
-    out = BackupDir(config.output, config.domain, config.ops.checkpoint_dir)
-    with ExitStack() as stack:
+class _Run:
+    """One run, step by step in the order of the module docstring.
+
+    The steps share the libvirt domain, the output directory and what the
+    earlier steps found (level, disks, chain); ``run`` reads as the outline.
+    """
+
+    def __init__(self, config: BackupConfig, reporter: Reporter) -> None:
+        if config.level not in LEVELS:
+            raise UsageError(f"unknown backup level {config.level!r} (one of {', '.join(LEVELS)})")
+        self.config = config
+        self.ops = config.ops
+        self.reporter = reporter
+        self.say = reporter.info
+        self.started = time.monotonic()
+        self.out = BackupDir(config.output, config.domain, config.ops.checkpoint_dir)
+
+    def run(self) -> BackupResult:
+        with ExitStack() as stack:
+            self._connect(stack)
+            self._open_output(stack)
+            self._inspect_domain(stack)
+            if self.level in (INC, DIFF):
+                measured = self._measure_changes()
+                if measured is not None:
+                    return measured
+            parent, new_cp, meta_cp = _plan_checkpoints(
+                self.level, self.out, self.cps, self.chain, self.chosen, self.reporter
+            )
+            self._check_chain(parent, new_cp)
+            ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[self.level]
+            plans = [_plan_disk(d, self.level, self.out, ident or "", meta_cp, parent)
+                     for d in self.chosen]  # fmt: skip
+            self._clear_leftovers(plans)
+            job = self._begin_job(stack, plans, parent, new_cp)
+            self._save_side_files(ident or COPY, new_cp)
+            results = _backup_disks(job, plans, self.config, self.reporter)
+            if new_cp:
+                self.out.write_checkpoints([*(self.chain if self.level == INC else []), new_cp])
+            result = self._result(new_cp, results)
+            log.info("done in %.1f s", result.seconds)
+            return result
+
+    def _connect(self, stack: ExitStack) -> None:
+        """libvirt, the domain, remote-host settings, and the domain's lock."""
+        config = self.config
         conn = stack.enter_context(libvirt_connection(config.uri))
-        dom = lookup_domain(conn, config.domain)
-        ssh, tcp = ssh_prefix(config.uri), nbd_tcp(config.uri, config.ops)  # remote hosts
-        tls_dir(config.ops)  # --tls: the client certificates are there before anything starts
-        stack.enter_context(domain_lock(config.domain, dom.UUIDString()))
-        out.create()
-        level = _resolve_level(config.level, out)
-        check_options(level, config.ops, auto=config.level == AUTO)
-        if not config.ops.estimate:
-            stack.enter_context(_run_log(out, level))
-        if level in (INC, DIFF):
-            _require_chain(out, out.checkpoints())
-        log.info("vbbackup %s of %s into %s", level, config.domain, out.path)
-        stack.enter_context(domain_ready(dom, config.ops, reporter.info, copy=level == COPY))
+        self.dom = lookup_domain(conn, config.domain)
+        self.ssh, self.tcp = ssh_prefix(config.uri), nbd_tcp(config.uri, self.ops)  # remote
+        tls_dir(self.ops)  # --tls: the client certificates are there before anything starts
+        stack.enter_context(domain_lock(config.domain, self.dom.UUIDString()))
+
+    def _open_output(self, stack: ExitStack) -> None:
+        """The directory, the level ``auto`` resolves to, and the run's own log."""
+        self.out.create()
+        self.level = _resolve_level(self.config.level, self.out)
+        check_options(self.level, self.ops, auto=self.config.level == AUTO)
+        if not self.ops.estimate:
+            stack.enter_context(_run_log(self.out, self.level))
+        if self.level in (INC, DIFF):
+            _require_chain(self.out, self.out.checkpoints())
+        log.info("vbbackup %s of %s into %s", self.level, self.config.domain, self.out.path)
+
+    def _inspect_domain(self, stack: ExitStack) -> None:
+        """A running domain without a stale job; its disks, chosen and inspected."""
+        dom = self.dom
+        stack.enter_context(domain_ready(dom, self.ops, self.say, copy=self.level == COPY))
         stale = end_stale_job(dom)
         if stale:
-            reporter.info(f"ended a backup job left by a run that died (socket {stale})")
-        clear_jobs(dom, config.ops, reporter.info)
-        domain_xml = dom.XMLDesc(0)
-        chosen, skipped = select_disks(domain_disks(domain_xml), config, level)
-        for target, why in skipped.items():
-            reporter.info(f"{target}: skipped: {why}")
-        infos = {
-            d.target: image_info(d.path, ssh) for d in chosen if d.path and d.type != "network"
+            self.say(f"ended a backup job left by a run that died (socket {stale})")
+        clear_jobs(dom, self.ops, self.say)
+        self.domain_xml = dom.XMLDesc(0)
+        self.all_disks = domain_disks(self.domain_xml)
+        self.chosen, self.skipped = select_disks(self.all_disks, self.config, self.level)
+        for target, why in self.skipped.items():
+            self.say(f"{target}: skipped: {why}")
+        self.infos = {
+            d.target: image_info(d.path, self.ssh)
+            for d in self.chosen
+            if d.path and d.type != "network"
         }
-        _check_bitmap_capable(chosen, infos, level)
+        _check_bitmap_capable(self.chosen, self.infos, self.level)
+        self.cps = Checkpoints(dom)
+        self.chain = self.out.checkpoints()
+        self.bitmap_disks = [d.target for d in self.chosen if d.bitmap_capable]
 
-        cps = Checkpoints(dom)
-        chain = out.checkpoints()
-        bitmap_disks = [d.target for d in chosen if d.bitmap_capable]
-        if level in (INC, DIFF) and skip_run(
-            dom, chain[-1], bitmap_disks, config.ops, reporter.info
-        ):
-            return BackupResult(config.domain, level, str(out.path), None, skipped=skipped)
-        parent, new_cp, meta_cp = _plan_checkpoints(level, out, cps, chain, chosen, reporter)
-        if level in (INC, DIFF):
-            _check_sizes(out, chosen, infos)
+    def _measure_changes(self) -> BackupResult | None:
+        """--estimate and --threshold: the result of a run that writes nothing, or None."""
+        if not self.ops.estimate and self.ops.threshold is None:
+            return None
+        changes = estimate_changes(self.dom, self.chain[-1], self.bitmap_disks)
+        if self.ops.estimate:
+            return self._result(None, [], estimate=changes)
+        if below_threshold(changes, self.ops, self.say):
+            return self._result(None, [])
+        return None
+
+    def _check_chain(self, parent: str | None, new_cp: str | None) -> None:
+        """Before any job: sizes and bitmaps fit the chain; no orphaned bitmap is in the way."""
+        if self.level in (INC, DIFF):
+            _check_sizes(self.out, self.chosen, self.infos)
         if parent is not None:
-            check_bitmaps(dom, parent, bitmap_disks)
+            check_bitmaps(self.dom, parent, self.bitmap_disks)
         if new_cp:
-            all_disks = [d.target for d in domain_disks(domain_xml)]
-            drop_orphans(dom, new_cp, bitmap_disks, all_disks, reporter.info)
-        ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[level]
-        plans = [_plan_disk(d, level, out, ident or "", meta_cp, parent) for d in chosen]
-        leftovers = out.partial_files()
-        if level == INC:  # streams of a checkpoint that never made it into the chain
+            all_targets = [d.target for d in self.all_disks]
+            drop_orphans(self.dom, new_cp, self.bitmap_disks, all_targets, self.say)
+
+    def _clear_leftovers(self, plans: list[_DiskPlan]) -> None:
+        """Remove what a run that died left; refuse to overwrite a finished stream."""
+        leftovers = self.out.partial_files()
+        if self.level == INC:  # streams of a checkpoint that never made it into the chain
             leftovers += [p.path for p in plans if p.path.exists()]
         if leftovers:
             names = ", ".join(p.name for p in leftovers)
-            reporter.info(f"removing files left by a run that did not finish: {names}")
-            out.remove(leftovers)
+            self.say(f"removing files left by a run that did not finish: {names}")
+            self.out.remove(leftovers)
         for plan in plans:
             if plan.path.exists():
                 raise TargetExistsError(f"{plan.path} already exists; refusing to overwrite it")
 
+    def _begin_job(
+        self, stack: ExitStack, plans: list[_DiskPlan], parent: str | None, new_cp: str | None
+    ) -> BackupJob:
+        """The pull job (and the new checkpoint), guest filesystems frozen around its start."""
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
-        others = [d.target for d in domain_disks(domain_xml) if d.target not in chain_targets]
-        with freeze(dom, config.ops, reporter.info):  # thawed as soon as the job has begun
-            job = stack.enter_context(
+        others = [d.target for d in self.all_disks if d.target not in chain_targets]
+        with freeze(self.dom, self.ops, self.say):  # thawed as soon as the job has begun
+            return stack.enter_context(
                 BackupJob(
-                    dom,
+                    self.dom,
                     [p.disk.target for p in plans],
-                    [d.target for d in domain_disks(domain_xml) if d not in chosen],
-                    config.scratch_dir,
-                    incremental=parent if level in (INC, DIFF) else None,
+                    [d.target for d in self.all_disks if d not in self.chosen],
+                    self.config.scratch_dir,
+                    incremental=parent if self.level in (INC, DIFF) else None,
                     checkpoint_xml=checkpoint_xml(new_cp, chain_targets, others)
                     if new_cp
                     else None,
-                    tcp=tcp,
-                    tls=config.ops.tls,
+                    tcp=self.tcp,
+                    tls=self.ops.tls,
                 )
             )
-        if new_cp:
-            out.save_checkpoint_xml(new_cp, cps.dump(new_cp))
-        out.save_vmconfig(ident or COPY, domain_xml)
-        save_boot_files(domain_xml, out.path, None if level == COPY else ident, ssh)
-        for target, info in infos.items():
-            out.save_image_info(target, ident or COPY, info)
 
-        results = _backup_disks(job, plans, config, reporter)
+    def _save_side_files(self, ident: str, new_cp: str | None) -> None:
+        """Checkpoint XML, domain XML, boot files and ``qemu-img info`` beside the streams."""
         if new_cp:
-            out.write_checkpoints([*(chain if level == INC else []), new_cp])
-        result = BackupResult(
-            domain=config.domain,
-            level=level,
-            directory=str(out.path),
-            checkpoint=new_cp,
-            disks=results,
-            skipped=skipped,
+            self.out.save_checkpoint_xml(new_cp, self.cps.dump(new_cp))
+        self.out.save_vmconfig(ident, self.domain_xml)
+        boot_ident = None if self.level == COPY else ident
+        save_boot_files(self.domain_xml, self.out.path, boot_ident, self.ssh)
+        for target, info in self.infos.items():
+            self.out.save_image_info(target, ident, info)
+
+    def _result(
+        self, checkpoint: str | None, disks: list[DiskResult], estimate: Estimate | None = None
+    ) -> BackupResult:
+        return BackupResult(
+            domain=self.config.domain,
+            level=self.level,
+            directory=str(self.out.path),
+            checkpoint=checkpoint,
+            disks=disks,
+            skipped=self.skipped,
+            seconds=time.monotonic() - self.started,
+            estimate=estimate,
         )
-        result.seconds = time.monotonic() - started
-        log.info("done in %.1f s", result.seconds)
-        return result
 
 
 def _resolve_level(level: str, out: BackupDir) -> str:

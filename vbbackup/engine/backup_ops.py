@@ -3,7 +3,8 @@
     with domain_ready(dom, ops, say):            # --start-domain: start paused, destroy after
         clear_jobs(dom, ops, say)                # a job still running: --kill-jobs aborts it
         broken = broken_bitmaps(dom, parent, t)  # before reading: fall back or fail
-        if skip_run(dom, parent, t, ops, say):   # --estimate / --threshold
+        changes = estimate_changes(dom, parent, t)  # --estimate: the run's result
+        if below_threshold(changes, ops, say):   # --threshold
             return
         with freeze(dom, ops, say):              # guest agent, around the checkpoint
             job = BackupJob(...)
@@ -120,25 +121,37 @@ def refuse_or_fall_back(directory: Path, problem: str, ops: BackupOptions, say: 
     return target
 
 
-def skip_run(
-    dom: libvirt.virDomain, checkpoint: str, targets: list[str], ops: BackupOptions, say: Say
-) -> bool:
-    """--estimate prints what an inc/diff would write; --threshold skips small changes."""
-    if not ops.estimate and ops.threshold is None:
-        return False
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes changed per disk since a checkpoint (libvirt's bitmap sizes): --estimate's result."""
+
+    since: str
+    disks: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.disks.values())
+
+    def line(self) -> str:
+        per_disk = ", ".join(f"{t} {n}" for t, n in self.disks.items())
+        return f"estimate: {self.total} bytes changed since {self.since} ({per_disk})"
+
+
+def estimate_changes(dom: libvirt.virDomain, checkpoint: str, targets: list[str]) -> Estimate:
+    """What an inc/diff from ``checkpoint`` would read, disk by disk."""
     sizes = checkpoint_sizes(dom, checkpoint)
-    changed = sum(sizes.get(t) or 0 for t in targets)
-    if ops.estimate:
-        per_disk = ", ".join(f"{t} {sizes.get(t) or 0}" for t in targets)
-        say(f"estimate: {changed} bytes changed since {checkpoint} ({per_disk})")
-        return True
-    if ops.threshold is not None and changed < ops.threshold:
-        say(
-            f"skipped: {changed} bytes changed since {checkpoint}, "
-            f"less than the threshold of {ops.threshold}"
-        )
-        return True
-    return False
+    return Estimate(checkpoint, {t: sizes.get(t) or 0 for t in targets})
+
+
+def below_threshold(changes: Estimate, ops: BackupOptions, say: Say) -> bool:
+    """--threshold: skip the run (and say so) when fewer bytes changed."""
+    if ops.threshold is None or changes.total >= ops.threshold:
+        return False
+    say(
+        f"skipped: {changes.total} bytes changed since {changes.since}, "
+        f"less than the threshold of {ops.threshold}"
+    )
+    return True
 
 
 def freeze(

@@ -1,0 +1,107 @@
+"""What a backup run shows on stderr: info lines, one progress bar per disk, summaries.
+
+On a terminal the bars sit below the scrolling info lines and are redrawn in
+place (ANSI: cursor up N lines, clear to the end of the screen), at most five
+times a second::
+
+    vda: full, 12.0 MiB data, file vda.full.data 12.0 MiB, 0.4 s, 30.0 MiB/s
+    vdb [##########..............]  41%  3.3 MiB/8.0 MiB  21.0 MiB/s
+    vdc [###.....................]  12%  1.0 MiB/8.0 MiB  9.5 MiB/s
+
+Not a terminal, ``--no-progress`` or ``-q``: no bar and no control character.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from vbbackup.engine.backup import DiskResult, Reporter
+
+REDRAW_SECONDS = 0.2
+BAR_WIDTH = 24
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def bar_line(target: str, done: int, total: int, seconds: float) -> str:
+    """One disk's bar: ``vda [#####.....]  41%  3.3 MiB/8.0 MiB  21.0 MiB/s``."""
+    fraction = min(1.0, done / total) if total else 1.0
+    filled = int(BAR_WIDTH * fraction)
+    rate = done / seconds if seconds > 0 else 0.0
+    return (
+        f"{target} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {int(100 * fraction):3d}%  "
+        f"{human(done)}/{human(total)}  {human(rate)}/s"
+    )
+
+
+class CliReporter(Reporter):
+    """Thread-safe: the disk workers report from their own threads."""
+
+    def __init__(self, quiet: bool, progress: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.progress = progress and not quiet and self.stream.isatty()
+        self._lock = threading.Lock()
+        self._disks: dict[str, tuple[int, int, float]] = {}  # target: done, total, started
+        self._drawn_lines = 0
+        self._drawn_at = 0.0
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        self._say(message)
+
+    def disk_started(self, target: str, total: int) -> None:
+        with self._lock:
+            self._disks[target] = (0, total, time.monotonic())
+
+    def disk_progress(self, target: str, done: int) -> None:
+        if not self.progress:
+            return
+        with self._lock:
+            _, total, started = self._disks[target]
+            self._disks[target] = (done, total, started)
+            now = time.monotonic()
+            if now - self._drawn_at >= REDRAW_SECONDS:
+                self._drawn_at = now
+                self._redraw("")
+
+    def disk_done(self, result: DiskResult) -> None:
+        with self._lock:
+            self._disks.pop(result.target, None)
+        self._say(
+            f"{result.target}: {result.level}, {human(result.data_bytes)} data, "
+            f"file {Path(result.path).name} {human(result.file_bytes)}, "
+            f"{result.seconds:.1f} s, {human(result.throughput)}/s"
+        )
+
+    def _say(self, line: str) -> None:
+        if self.quiet:
+            return
+        with self._lock:
+            if self.progress:
+                self._redraw(line + "\n")
+            else:
+                self._write(line + "\n")
+
+    def _redraw(self, above: str) -> None:
+        """Erase the bars, print ``above`` where they were, draw the bars again (lock held)."""
+        erase = f"\x1b[{self._drawn_lines}F\x1b[J" if self._drawn_lines else ""
+        now = time.monotonic()
+        bars = [bar_line(t, done, total, now - started)
+                for t, (done, total, started) in self._disks.items()]  # fmt: skip
+        self._write(erase + above + "".join(f"{b}\n" for b in bars))
+        self._drawn_lines = len(bars)
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
