@@ -26,6 +26,7 @@ _VENV = f"{_ROOT}/.venv/lib/python{sys.version_info[0]}.{sys.version_info[1]}/si
 if os.path.isdir(_VENV):
     site.addsitedir(_VENV)
 
+from nbdkit_plugin.sectors import whole_sectors  # noqa: E402
 from vbbackup.chain import PointInTimeView, open_view  # noqa: E402
 from vbbackup.errors import VbError  # noqa: E402
 
@@ -106,6 +107,6 @@ def pread(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
 
 def extents(h: PointInTimeView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:
     limit = 1 if flags & nbdkit.FLAG_REQ_ONE else 4096
-    count = min(count, h.size - offset)
+    runs = h.extents(offset, min(count, h.size - offset), limit)
     zero = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO
-    return [(off, n, zero if z else 0) for off, n, z in h.extents(offset, count, limit)]
+    return [(off, n, zero if z else 0) for off, n, z in whole_sectors(offset, runs)]

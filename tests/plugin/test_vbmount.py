@@ -134,3 +134,25 @@ def test_bad_parameters_give_one_clear_line(
     assert message.replace("{set}", directory) in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_qemu_img_convert_keeps_unaligned_data(tmp_path: Path) -> None:
+    """qemu works in 512-byte sectors: a few bytes of data mid-sector must not read as a hole."""
+    steps = [[(1000, b"\x55" * 100), (5000, b"\x66" * 3000), (70001, b"\x77")]]
+    write_chain(tmp_path / "set", MiB, steps)
+    model = Model(MiB)
+    model.apply(steps[0])
+    image = tmp_path / "out.raw"
+    done = run_captive(
+        {"dir": str(tmp_path / "set")},
+        f'qemu-img convert -f raw -O raw "$uri" {shlex.quote(str(image))}',
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert image.read_bytes() == bytes(model.data)
+    with connect({"dir": str(tmp_path / "set")}) as h:  # unaligned requests stay allowed
+        assert h.pread(4, 998) == b"\0\0\x55\x55"
+    done = run_captive({"dir": str(tmp_path / "set")}, 'nbdinfo --map --json "$uri"')
+    runs = [(e["offset"], e["length"], e["type"]) for e in json.loads(done.stdout)]
+    # holes shrink to whole sectors; the data grows over the sectors it touches
+    assert runs == [(0, 512, 3), (512, 1024, 0), (1536, 3072, 3), (4608, 3584, 0),
+                    (8192, 61440, 3), (69632, 512, 0), (70144, MiB - 70144, 3)]  # fmt: skip
