@@ -15,7 +15,8 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
-from tests.engine.test_backup import assert_same, reconstruct
+from tests.engine.test_backup import reconstruct
+from tests.harness.compare import assert_identical
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.cli import main
 from vbbackup.cli.backup import BACKUP_COMMANDS
@@ -110,7 +111,7 @@ def test_qcow2_v2_names_the_ways_out(make_vm, tmp_path: Path) -> None:  # type: 
     code, _, err = run("copy", vm.name, "-o", str(tmp_path / "copy"), "-q")
     assert code == 0, err
     got = reconstruct([tmp_path / "copy" / "vda.copy.data"], 16 * MiB, tmp_path / "a.raw")
-    assert_same(got, vm.expected("vda"))
+    assert_identical(got, vm.expected("vda"), fmt="raw")
 
 
 @pytest.mark.integration
@@ -207,9 +208,10 @@ def test_sigkill_mid_disk_then_the_next_runs_recover(make_vm, tmp_path: Path) ->
     assert names == ["virtnbdbackup.0", "virtnbdbackup.1"]
     assert json.loads((out / f"{vm.name}.cpt").read_text()) == names
     files = [out / "vda.full.data"]
-    assert_same(reconstruct(files, 64 * MiB, tmp_path / "0.raw"), full_expected)
+    assert_identical(reconstruct(files, 64 * MiB, tmp_path / "0.raw"), full_expected, fmt="raw")
     files.append(out / "vda.inc.virtnbdbackup.1.data")
-    assert_same(reconstruct(files, 64 * MiB, tmp_path / "1.raw"), vm.expected("vda"))
+    got = reconstruct(files, 64 * MiB, tmp_path / "1.raw")
+    assert_identical(got, vm.expected("vda"), fmt="raw")
 
 
 @pytest.mark.integration
@@ -242,7 +244,7 @@ def test_two_disks_one_worker_and_a_summary_per_disk(make_vm, tmp_path: Path) ->
     assert "\x1b" not in err and "\r" not in err and "%" not in err  # stderr is no terminal
     for target in ("vda", "vdb"):
         got = reconstruct([out / f"{target}.full.data"], 16 * MiB, tmp_path / f"{target}.raw")
-        assert_same(got, vm.expected(target))
+        assert_identical(got, vm.expected(target), fmt="raw")
 
 
 @pytest.mark.integration

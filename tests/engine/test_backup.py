@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from tests.harness.compare import assert_identical
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.chain import open_view
 from vbbackup.engine.backup import BackupConfig, BackupResult, run_backup
@@ -40,14 +40,6 @@ def reconstruct(files: list[Path], size: int, dest: Path) -> Path:
                 f.seek(pos)
                 f.write(view.read(pos, n))
     return dest
-
-
-def assert_same(image: Path, expected: Path) -> None:
-    done = subprocess.run(
-        ["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", str(image), str(expected)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, f"{image} differs from {expected}: {done.stdout}{done.stderr}"
 
 
 def random_writes(vm: TestVM, rng: random.Random, target: str, count: int) -> None:
@@ -118,10 +110,10 @@ def test_chain_reconstructs_every_checkpoint(make_vm, tmp_path: Path, compress) 
             if n:
                 files.append(out / f"{target}.inc.virtnbdbackup.{n}.data")
             got = reconstruct(files, size, tmp_path / f"{target}.{n}.raw")
-            assert_same(got, expected[f"virtnbdbackup.{n}"][target])
+            assert_identical(got, expected[f"virtnbdbackup.{n}"][target], fmt="raw")
         diff_file = Path(next(d.path for d in diff.disks if d.target == target))
         got = reconstruct([*files, diff_file], size, tmp_path / f"{target}.diff.raw")
-        assert_same(got, expected_diff[target])
+        assert_identical(got, expected_diff[target], fmt="raw")
         m = meta(diff_file)
         assert (m.checkpoint_name, m.parent_checkpoint, m.incremental) == (
             "virtnbdbackup.4", "virtnbdbackup.3", True,
@@ -141,7 +133,7 @@ def test_copy_and_raw_and_include(make_vm, tmp_path: Path) -> None:  # type: ign
     for target in ("vda", "vdb"):
         got = reconstruct([tmp_path / "copy" / f"{target}.copy.data"], vm.disk_size(target),
                           tmp_path / f"{target}.raw")  # fmt: skip
-        assert_same(got, vm.expected(target))
+        assert_identical(got, vm.expected(target), fmt="raw")
     only = backup(vm, "full", tmp_path / "only", include=("vda",))
     assert [d.target for d in only.disks] == ["vda"]
     assert only.skipped["vdb"] == "not included"
@@ -156,7 +148,8 @@ def test_auto_starts_a_chain_then_continues_it(make_vm, tmp_path: Path) -> None:
     assert second.level == "inc"
     assert second.disks[0].data_bytes == 64 * 1024
     files = [out / "vda.full.data", out / "vda.inc.virtnbdbackup.1.data"]
-    assert_same(reconstruct(files, 16 * MiB, tmp_path / "a.raw"), vm.expected("vda"))
+    got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
+    assert_identical(got, vm.expected("vda"), fmt="raw")
 
 
 def test_no_sparse_detection_writes_discarded_ranges_as_data(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -169,7 +162,8 @@ def test_no_sparse_detection_writes_discarded_ranges_as_data(make_vm, tmp_path: 
     assert result.disks[0].data_bytes >= 1 * MiB
     assert result.disks[0].zero_bytes == 0
     files = [out / "vda.full.data", out / "vda.inc.virtnbdbackup.1.data"]
-    assert_same(reconstruct(files, 16 * MiB, tmp_path / "a.raw"), vm.expected("vda"))
+    got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
+    assert_identical(got, vm.expected("vda"), fmt="raw")
     assert os.path.getsize(files[1]) > 1 * MiB
 
 
@@ -190,4 +184,5 @@ def test_inc_redefines_checkpoints_libvirt_lost(make_vm, tmp_path: Path) -> None
     assert result.checkpoint == "virtnbdbackup.2"
     assert result.disks[0].data_bytes == 64 * 1024
     files = [out / "vda.full.data"] + [out / f"vda.inc.virtnbdbackup.{n}.data" for n in (1, 2)]
-    assert_same(reconstruct(files, 16 * MiB, tmp_path / "a.raw"), vm.expected("vda"))
+    got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
+    assert_identical(got, vm.expected("vda"), fmt="raw")

@@ -10,13 +10,14 @@ Our own restore and the chain library apply zero frames (tests/engine/test_backu
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.engine.test_backup import backup
+from tests.harness.compare import assert_identical
 from tests.harness.vm import DiskSpec
+from tests.integration.vnb_sets import run_virtnbdrestore
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,19 +44,10 @@ def test_virtnbdrestore_restores_our_chain(make_vm, tmp_path: Path, compress, di
     vm.write_pattern("vdb", 9 * MiB, 3 * MiB, 0x33)
     backup(vm, "inc", out, compress=compress)
     restored = tmp_path / "restored"
-    done = subprocess.run(
-        ["virtnbdrestore", "-i", str(out), "-o", str(restored), "-n",
-         "-f", str(vm.dir / "restore.sock")],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_virtnbdrestore(out, restored, "-n", "-f", str(vm.dir / "restore.sock"))
     for target in ("vda", "vdb"):
         image = restored / vm.disk_path(target).name  # named like the source image
-        cmp = subprocess.run(
-            ["qemu-img", "compare", "-q", "-F", "raw", str(image), str(vm.expected(target))],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert cmp.returncode == 0, f"{target}: {cmp.stdout}{cmp.stderr}"
+        assert_identical(image, vm.expected(target))
 
 
 def test_virtnbdrestore_restores_our_copy(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -64,15 +56,5 @@ def test_virtnbdrestore_restores_our_copy(make_vm, tmp_path: Path) -> None:  # t
     out = tmp_path / "copy"
     backup(vm, "copy", out, compress=2)
     restored = tmp_path / "restored"
-    done = subprocess.run(
-        ["virtnbdrestore", "-i", str(out), "-o", str(restored), "-n",
-         "-f", str(vm.dir / "restore.sock")],
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    image = restored / vm.disk_path("vda").name
-    cmp = subprocess.run(
-        ["qemu-img", "compare", "-q", "-F", "raw", str(image), str(vm.expected("vda"))],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert cmp.returncode == 0, f"{cmp.stdout}{cmp.stderr}"
+    run_virtnbdrestore(out, restored, "-n", "-f", str(vm.dir / "restore.sock"))
+    assert_identical(restored / vm.disk_path("vda").name, vm.expected("vda"))

@@ -10,6 +10,7 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
+from tests.harness.fixtures import own_vm
 from tests.harness.libvirtd import capabilities, ensure_libvirtd
 from tests.harness.vm import DiskSpec, TestVM
 from tests.integration.vnb_sets import MiB, make_virtnbdbackup_chain
@@ -116,16 +117,8 @@ def test_orphan_bitmap_and_stale_job_and_foreign_checkpoints() -> None:
 
 @pytest.fixture
 def vm() -> Iterator[TestVM]:
-    missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=16 * MiB)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=16 * MiB)], "virtnbdbackup") as vm:
+        yield vm
 
 
 def _cli(*args: str) -> tuple[int, list[str]]:

@@ -10,16 +10,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 from click.testing import CliRunner
 
 from tests.chain.chains import write_chain, write_stream
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.compare import assert_identical
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, TestVM
 from tests.integration.vnb_sets import (
     MiB,
@@ -27,6 +26,7 @@ from tests.integration.vnb_sets import (
     default_steps,
     make_virtnbdbackup_chain,
     run_virtnbdbackup,
+    run_virtnbdrestore,
 )
 from vbbackup.chain import BackupSet, open_view, read_meta
 from vbbackup.cli import main
@@ -192,36 +192,14 @@ VM_SIZE = 16 * MiB
 
 @pytest.fixture(scope="module")
 def vnb_vm() -> Iterator[TestVM]:
-    missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=VM_SIZE)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=VM_SIZE)], "virtnbdbackup") as vm:
+        yield vm
 
 
 def _virtnbdrestore(directory: Path, out: Path, until: str | None = None) -> Path:
-    argv = ["virtnbdrestore", "-i", str(directory), "-o", str(out)]
-    if until:
-        argv += ["--until", until]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_virtnbdrestore(directory, out, *(["--until", until] if until else []))
     (image,) = [p for p in out.iterdir() if p.name.startswith("vda")]
     return image
-
-
-def _same(image: Path, expected: Path) -> bool:
-    done = subprocess.run(
-        ["qemu-img", "compare", "-F", "raw", str(image), str(expected)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return done.returncode == 0
 
 
 @pytest.mark.integration
@@ -240,7 +218,7 @@ def test_virtnbdrestore_restores_the_consolidated_set(
     for name in ("virtnbdbackup.2", "virtnbdbackup.3"):
         out = tmp_path / f"restore-{name}"
         out.mkdir()
-        assert _same(_virtnbdrestore(backup, out, name), points[name]), name
+        assert_identical(_virtnbdrestore(backup, out, name), points[name])
         with open_view(backup, until=name) as view:
             assert view.read(0, view.size) == points[name].read_bytes(), name
     assert verify(VerifyConfig(backup)).sound
@@ -254,7 +232,7 @@ def test_virtnbdrestore_restores_the_consolidated_set(
         assert view.read(0, view.size) == expected.read_bytes()
     out = tmp_path / "restore-last"
     out.mkdir()
-    assert _same(_virtnbdrestore(backup, out), expected)
+    assert_identical(_virtnbdrestore(backup, out), expected)
 
 
 @pytest.mark.integration
@@ -272,7 +250,7 @@ def test_virtnbdrestore_restores_a_set_crashed_after_the_swap(
     shutil.copytree(backup, tmp_path / "crashed")
     out = tmp_path / "restore"
     out.mkdir()
-    assert _same(_virtnbdrestore(tmp_path / "crashed", out), points[-1][1])
+    assert_identical(_virtnbdrestore(tmp_path / "crashed", out), points[-1][1])
 
 
 @pytest.mark.integration

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from tests.integration.vnb_sets import apply_ops, make_virtnbdbackup_chain, run_virtnbdbackup
 from vbbackup.chain import read_meta
@@ -21,16 +20,8 @@ GRANULARITY = 64 * 1024
 
 @pytest.fixture
 def vm() -> Iterator[TestVM]:
-    missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec("vda", 16 * MiB), DiskSpec("vdb", 16 * MiB)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec("vda", 16 * MiB), DiskSpec("vdb", 16 * MiB)], "virtnbdbackup") as vm:
+        yield vm
 
 
 def test_estimate_is_close_to_what_the_inc_writes(vm: TestVM, tmp_path: Path) -> None:

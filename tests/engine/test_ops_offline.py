@@ -11,7 +11,7 @@ import libvirt
 import pytest
 
 from tests.harness.backup import pull_backup
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.errors import LibvirtError
 from vbbackup.virt.offline import started_paused
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def vm() -> Iterator[TestVM]:
-    missing = capabilities().missing("libvirtd", "qemu")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=16 * MiB)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=16 * MiB)]) as vm:
+        yield vm
 
 
 def _image_bitmaps(vm: TestVM) -> list[str]:

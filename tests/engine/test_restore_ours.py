@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.harness.compare import assert_identical
 from tests.harness.fixtures import require
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.engine.backup import BackupConfig, run_backup
@@ -79,16 +79,6 @@ def _diff_ident(out: Path) -> str:
     return diff.name.split(".")[2]
 
 
-def compare(image: Path, fmt: str, expected: Path) -> None:
-    done = subprocess.run(
-        ["qemu-img", "compare", "-f", fmt, "-F", "raw", str(image), str(expected)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, f"{image} vs {expected}: {done.stdout}{done.stderr}"
-
-
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])
 def test_every_point_all_disks(chain: tuple[Path, Points, Path], tmp_path: Path, fmt: str) -> None:
     out, points, vdc_at_full = chain
@@ -98,8 +88,8 @@ def test_every_point_all_disks(chain: tuple[Path, Points, Path], tmp_path: Path,
         images = {d.disk: d.image for d in result.disks}
         assert sorted(images) == ["vda", "vdb", "vdc"]
         for disk in ("vda", "vdb"):
-            compare(images[disk], fmt, expected[disk])
-        compare(images["vdc"], fmt, vdc_at_full)  # a copy: the same at every point
+            assert_identical(images[disk], expected[disk], fmt)
+        assert_identical(images["vdc"], vdc_at_full, fmt)  # a copy: the same at every point
 
 
 def test_one_disk_in_its_own_format(chain: tuple[Path, Points, Path], tmp_path: Path) -> None:
@@ -107,10 +97,10 @@ def test_one_disk_in_its_own_format(chain: tuple[Path, Points, Path], tmp_path: 
     result = restore(RestoreConfig(out, tmp_path / "one", until=points[1][0], disks=("vdb",)))
     (disk,) = result.disks
     assert disk.image == tmp_path / "one" / "vdb.qcow2"
-    compare(disk.image, "qcow2", points[1][1]["vdb"])
+    assert_identical(disk.image, points[1][1]["vdb"], "qcow2")
     raw = restore(RestoreConfig(out, tmp_path / "raw", disks=("vdc",)))
     assert raw.disks[0].image == tmp_path / "raw" / "vdc.raw"
-    compare(raw.disks[0].image, "raw", vdc_at_full)
+    assert_identical(raw.disks[0].image, vdc_at_full, "raw")
 
 
 def test_verify_is_sound_with_checksums(chain: tuple[Path, Points, Path]) -> None:
@@ -144,4 +134,4 @@ def test_defined_domain_keeps_the_backed_up_raw_disk_and_starts(
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()
-    compare(target / "vda.qcow2", "qcow2", points[-1][1]["vda"])
+    assert_identical(target / "vda.qcow2", points[-1][1]["vda"], "qcow2")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,16 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
+from tests.harness.compare import assert_identical
 from tests.harness.fixtures import require
 from tests.harness.vm import DiskSpec, TestVM
-from tests.integration.vnb_sets import MiB, apply_ops, default_steps, run_virtnbdbackup
+from tests.integration.vnb_sets import (
+    MiB,
+    apply_ops,
+    default_steps,
+    run_virtnbdbackup,
+    wait_job_end,
+)
 from vbbackup.cli import main
 from vbbackup.engine.restore import RestoreConfig, restore
 from vbbackup.engine.verify import VerifyConfig, verify
@@ -61,7 +67,7 @@ def vnb_chain(
         apply_ops(vnb_vm, "vda", vda_ops)
         apply_ops(vnb_vm, "vdb", vdb_ops)
         before = set(outdir.glob("vda.diff.*.data")) if outdir.exists() else set()
-        wait_for_no_job(vnb_vm)
+        wait_job_end(vnb_vm)
         run_virtnbdbackup(vnb_vm, outdir, level, compress=request.param)
         if level == "diff":
             (new,) = set(outdir.glob("vda.diff.*.data")) - before
@@ -70,26 +76,6 @@ def vnb_chain(
             name, n = f"virtnbdbackup.{n}", n + 1
         points.append((name, {t: vnb_vm.expected(t) for t in ("vda", "vdb")}))
     return outdir, points
-
-
-def wait_for_no_job(vm: TestVM, timeout: float = 30.0) -> None:
-    """virtnbdbackup returns while libvirt may still be ending its backup job; the next
-    run would refuse ("active backup operation"), so wait for the job state to clear."""
-    deadline = time.monotonic() + timeout
-    while vm.dom is not None and vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{vm.name}: backup job still active after {timeout} s")
-        time.sleep(0.1)
-
-
-def compare(image: Path, fmt: str, expected: Path) -> None:
-    done = subprocess.run(
-        ["qemu-img", "compare", "-f", fmt, "-F", "raw", str(image), str(expected)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, f"{image} vs {expected}: {done.stdout}{done.stderr}"
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])
@@ -101,7 +87,7 @@ def test_every_point_all_disks(vnb_chain: tuple[Path, Points], tmp_path: Path, f
         assert sorted(d.disk for d in result.disks) == ["vda", "vdb"]  # vdc: raw, not saved
         for disk in result.disks:
             assert disk.image == out / f"{disk.disk}.{fmt}"
-            compare(disk.image, fmt, expected[disk.disk])
+            assert_identical(disk.image, expected[disk.disk], fmt)
 
 
 def test_one_disk_newest_point_via_cli(vnb_chain: tuple[Path, Points], tmp_path: Path) -> None:
@@ -113,7 +99,7 @@ def test_one_disk_newest_point_via_cli(vnb_chain: tuple[Path, Points], tmp_path:
         "vdb.qcow2",
         f"vmconfig.{points[-1][0][5:]}.xml",
     ]
-    compare(out / "vdb.qcow2", "qcow2", points[-1][1]["vdb"])
+    assert_identical(out / "vdb.qcow2", points[-1][1]["vdb"], "qcow2")
     again = CliRunner().invoke(main, ["restore", str(outdir), "-o", str(out), "--disk", "vdb"])
     assert again.exit_code == 5
     assert "already exists; refusing to overwrite it (--force)" in again.output
@@ -159,7 +145,7 @@ def test_adjusted_config_passes_virsh_define_and_starts(
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()
-    compare(out / "vda.qcow2", "qcow2", points[1][1]["vda"])
+    assert_identical(out / "vda.qcow2", points[1][1]["vda"], "qcow2")
 
 
 def test_verify_catches_damage_in_a_real_set(

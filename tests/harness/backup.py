@@ -9,7 +9,8 @@
 
 libvirt's defaults are kept: the export of a disk is named after its target, and
 an incremental job exports the dirty bitmap as ``backup-<target>``. Disks left out
-of `disks` get ``backup='no'``; they and raw disks get ``checkpoint='no'``.
+of `disks` get ``backup='no'``; they and raw disks get ``checkpoint='no'``. The job
+and checkpoint XML are vbbackup's own (``vbbackup.virt``), so are the job's end.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import escape, quoteattr
-
-import libvirt
 
 from tests.harness.vm import TestVM
+from vbbackup.virt.checkpoints import checkpoint_xml
+from vbbackup.virt.job import backup_xml
+from vbbackup.virt.job import end_job as end_backup_job
 
 _jobs = itertools.count(1)
 
@@ -38,32 +39,6 @@ class PullBackupJob:
 
     def nbd_uri(self, target: str) -> str:
         return f"nbd+unix:///{self.exports[target]}?socket={self.socket}"
-
-
-def backup_xml(
-    socket: Path, scratch: dict[str, Path], skip: Sequence[str], incremental: str | None
-) -> str:
-    disks = [
-        f"<disk name={quoteattr(t)} backup='yes' type='file'>"
-        f"<scratch file={quoteattr(str(path))}/></disk>"
-        for t, path in scratch.items()
-    ]
-    disks += [f"<disk name={quoteattr(t)} backup='no'/>" for t in skip]
-    inc = f"<incremental>{escape(incremental)}</incremental>" if incremental else ""
-    return (
-        f"<domainbackup mode='pull'>{inc}"
-        f"<server transport='unix' socket={quoteattr(str(socket))}/>"
-        f"<disks>{''.join(disks)}</disks></domainbackup>"
-    )
-
-
-def checkpoint_xml(name: str, targets: Sequence[str], skip: Sequence[str]) -> str:
-    disks = [f"<disk name={quoteattr(t)} checkpoint='bitmap'/>" for t in targets]
-    disks += [f"<disk name={quoteattr(t)} checkpoint='no'/>" for t in skip]
-    return (
-        f"<domaincheckpoint><name>{escape(name)}</name>"
-        f"<disks>{''.join(disks)}</disks></domaincheckpoint>"
-    )
 
 
 @contextmanager
@@ -104,13 +79,3 @@ def pull_backup(
         socket.unlink(missing_ok=True)
         for path in scratch.values():
             path.unlink(missing_ok=True)
-
-
-def end_backup_job(dom: libvirt.virDomain) -> None:
-    """A pull job runs until the client ends it: abortJob is how it ends (also on success)."""
-    try:
-        if dom.isActive() and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-            dom.abortJob()
-    except libvirt.libvirtError:
-        if dom.isActive() and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-            raise

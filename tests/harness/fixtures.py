@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.harness.libvirtd import URI, capabilities, ensure_libvirtd
+
+if TYPE_CHECKING:
+    from tests.harness.vm import DiskSpec, TestVM
 
 
 def require(*names: str) -> None:
@@ -72,3 +76,27 @@ def make_vm(libvirt_conn: Any) -> Iterator[Callable[..., Any]]:
     yield factory
     for vm in reversed(vms):
         vm.close()
+
+
+@contextmanager
+def own_vm(disks: Iterable[DiskSpec], *needs: str) -> Iterator[TestVM]:
+    """One throwaway VM on a connection of its own, for fixtures ``make_vm`` cannot serve
+    (module scope, or a set built once on the VM); ``needs`` are further capabilities.
+
+        @pytest.fixture(scope="module")
+        def vm() -> Iterator[TestVM]:
+            with own_vm([DiskSpec(size=16 * MiB)], "virtnbdbackup") as vm:
+                yield vm
+    """
+    require("libvirt_python", "libvirtd", "qemu", *needs)
+    import libvirt
+
+    from tests.harness.vm import TestVM
+
+    ensure_libvirtd()
+    conn = libvirt.open(URI)
+    try:
+        with TestVM(conn, disks) as vm:
+            yield vm
+    finally:
+        conn.close()

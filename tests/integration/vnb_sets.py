@@ -83,6 +83,14 @@ def run_virtnbdbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -
         raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
 
 
+def run_virtnbdrestore(directory: Path, out: Path, *args: str) -> None:
+    """``virtnbdrestore -i DIRECTORY -o OUT ARGS...``."""
+    argv = ["virtnbdrestore", "-i", str(directory), "-o", str(out), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
+
+
 def run_vbbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -> None:
     """One ``vbbackup LEVEL`` run (the project's CLI from the same venv)."""
     argv = [

@@ -8,10 +8,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, TestVM
 from tests.integration.vnb_sets import (
     MiB,
@@ -29,16 +28,8 @@ SIZE = 32 * MiB
 @pytest.fixture(scope="module")
 def vnb_vm() -> Iterator[TestVM]:
     """Holds the libvirt connection; each set gets a VM of its own (fresh disk)."""
-    missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup", "nbdkit_python")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=MiB)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=MiB)], "virtnbdbackup", "nbdkit_python") as vm:
+        yield vm
 
 
 @pytest.fixture(

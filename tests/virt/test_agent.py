@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import libvirt
 import pytest
 
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.errors import LibvirtError
 from vbbackup.virt.agent import GuestFreeze
@@ -15,16 +15,8 @@ from vbbackup.virt.agent import GuestFreeze
 
 @pytest.fixture(scope="module")
 def vm() -> Iterator[TestVM]:
-    missing = capabilities().missing("libvirtd", "qemu")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=16 * MiB)]) as vm:
-            yield vm
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=16 * MiB)]) as vm:
+        yield vm
 
 
 @pytest.mark.integration

@@ -12,7 +12,7 @@ import libvirt_qemu
 import pytest
 
 from tests.harness.backup import pull_backup
-from tests.harness.libvirtd import capabilities, ensure_libvirtd
+from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from tests.integration.vnb_sets import make_virtnbdbackup_chain
 from vbbackup.engine.check import CheckConfig, check
@@ -25,19 +25,11 @@ STEPS = [[("write", 0, MiB, 0x11)], [("write", 2 * MiB, MiB, 0x22)]]
 
 @pytest.fixture
 def vm_with_set(tmp_path: Path) -> Iterator[tuple[TestVM, Path, list[str]]]:
-    missing = capabilities().missing("libvirtd", "qemu", "virtnbdbackup")
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    ensure_libvirtd()
-    conn = libvirt.open("qemu:///system")
-    try:
-        with TestVM(conn, [DiskSpec(size=16 * MiB)]) as vm:
-            backup = tmp_path / "set"
-            make_virtnbdbackup_chain(vm, backup, compress=False, writes_per_step=STEPS)
-            names = json.loads(next(backup.glob("*.cpt")).read_text())
-            yield vm, backup, names
-    finally:
-        conn.close()
+    with own_vm([DiskSpec(size=16 * MiB)], "virtnbdbackup") as vm:
+        backup = tmp_path / "set"
+        make_virtnbdbackup_chain(vm, backup, compress=False, writes_per_step=STEPS)
+        names = json.loads(next(backup.glob("*.cpt")).read_text())
+        yield vm, backup, names
 
 
 def _forget_checkpoints(vm: TestVM) -> None:
