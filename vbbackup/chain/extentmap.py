@@ -91,17 +91,24 @@ class ExtentMap:
         With ``limit``, stop after that many runs (the caller asks again from
         where the answer ends, as NBD block status allows).
         """
-        out: list[tuple[int, int, bool]] = []
-        for off, n, layer, _ in self.segments(offset, length):
-            zero = layer == ZERO
-            if out and out[-1][2] == zero:
-                prev = out[-1]
-                out[-1] = (prev[0], prev[1] + n, zero)
-                continue
-            if limit is not None and len(out) >= limit:
-                break
-            out.append((off, n, zero))
-        return out
+        return merge_runs(self.segments(offset, length), limit)
+
+
+def merge_runs(
+    segments: Iterable[tuple[int, int, int, int]], limit: int | None
+) -> list[tuple[int, int, bool]]:
+    """``(offset, length, is_zero)`` runs of consecutive segments, neighbours merged."""
+    out: list[tuple[int, int, bool]] = []
+    for off, n, layer, _ in segments:
+        zero = layer == ZERO
+        if out and out[-1][2] == zero:
+            prev = out[-1]
+            out[-1] = (prev[0], prev[1] + n, zero)
+            continue
+        if limit is not None and len(out) >= limit:
+            break
+        out.append((off, n, zero))
+    return out
 
 
 def _overlay_run(

@@ -1,9 +1,10 @@
 """A point in time of one disk, readable at any offset by many threads.
 
-Opening indexes each file of the chain (headers only) and overlays the
-indexes into one ``ExtentMap``; after that a read is a binary search and
-one ``os.pread`` per extent it spans (or an lz4 decode, cached, for
-compressed streams). Nothing is replayed or copied.
+Opening indexes each file of the chain (headers only); the first read of
+a region of the disk overlays the indexes there (``RegionMap``). After
+that a read is a binary search and one ``os.pread`` per extent it spans
+(or an lz4 decode, cached, for compressed streams). Nothing is replayed
+or copied.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import BinaryIO
 
 from vbbackup.chain.backupset import BackupSet, PointInTime
 from vbbackup.chain.cache import DEFAULT_BUDGET, DecodedCache
-from vbbackup.chain.extentmap import ZERO, ExtentMap
+from vbbackup.chain.extentmap import ZERO
+from vbbackup.chain.regionmap import RegionMap
 from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.format import PayloadReader, StreamIndex, decompress_chunk, read_index
 
@@ -47,9 +49,7 @@ class PointInTimeView:
                 self._fds.append(f.fileno())
                 self._indexes.append(index)
                 self._readers.append(PayloadReader(f, index, cache_chunks=0))
-            self.map = ExtentMap.build(
-                self.size, ((i.kinds, i.starts, i.lengths) for i in self._indexes)
-            )
+            self.map = RegionMap(self.size, [(i.kinds, i.starts, i.lengths) for i in self._indexes])
             self._stack = stack.pop_all()
 
     def __enter__(self) -> PointInTimeView:
@@ -94,7 +94,7 @@ class PointInTimeView:
     def extents(
         self, offset: int, length: int, limit: int | None = None
     ) -> list[tuple[int, int, bool]]:
-        """``(offset, length, is_zero)`` runs covering the range (see ExtentMap)."""
+        """``(offset, length, is_zero)`` runs covering the range (see RegionMap)."""
         return self.map.extents(offset, length, limit)
 
     def _pread(self, dst: memoryview, layer: int, pos: int) -> None:
