@@ -266,11 +266,14 @@ before = rss()
 t = time.perf_counter()
 view = open_view({str(directory)!r})
 view.read(0, 512)
-print(time.perf_counter() - t, rss() - before, len(view.map))
+first = time.perf_counter() - t
+view.extents(0, view.size)  # every region of the map built
+print(first, rss() - before, len(view.map), time.perf_counter() - t)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, added, segs = out.stdout.split()
-    print(f"  in-process: {float(seconds):.2f} s, +{int(added) // 1024} MiB, {segs} segments")
+    seconds, added, segs, whole = out.stdout.split()
+    print(f"  in-process: first byte {float(seconds):.2f} s, whole map {float(whole):.2f} s, "
+          f"+{int(added) // 1024} MiB, {segs} segments")  # fmt: skip
     return float(seconds), int(added)
 
 
