@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import libvirt
+
 from vbbackup.engine.backup_ops import (
     BackupOptions,
     BrokenChainError,
@@ -168,6 +170,20 @@ class _Run:
     The steps share the libvirt domain, the output directory and what the
     earlier steps found (level, disks, chain); ``run`` reads as the outline.
     """
+
+    # found by the steps, in this order
+    dom: libvirt.virDomain  # _connect
+    ssh: list[str]
+    tcp: tuple[str, int] | None
+    level: str  # _open_output
+    domain_xml: str  # _inspect_domain
+    all_disks: list[DomainDisk]
+    chosen: list[DomainDisk]
+    skipped: dict[str, str]
+    infos: dict[str, dict[str, Any]]
+    cps: Checkpoints
+    chain: list[str]
+    bitmap_disks: list[str]
 
     def __init__(self, config: BackupConfig, reporter: Reporter) -> None:
         if config.level not in LEVELS:
