@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import zlib
 
@@ -10,8 +11,9 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 
 from tests.format.streams import Extent, make_meta, write_stream
-from vbbackup.format import PayloadReader, StreamWriter, compress_chunk, read_index
-from vbbackup.format.compression import MAX_CHUNK, PIECE
+from vbbackup.format import PayloadReader, compress_chunk, read_index
+from vbbackup.format.compression import PIECE
+from vbbackup.format.frames import encode_header
 
 
 @st.composite
@@ -52,17 +54,30 @@ def test_round_trip(spec, compressed, chunk):
     assert index.meta.data_size == sum(e.length for e in extents if e.data is not None)
     assert bool(index.compressed) == bool(compressed)
     reader = PayloadReader(io.BytesIO(blob), index)
-    assert len(index) == len(extents)
-    for i, (frame, ext) in enumerate(zip(index, extents, strict=True)):
-        assert (frame.start, frame.length) == (ext.start, ext.length)
-        assert frame.kind == ("zero" if ext.data is None else "data")
-        if ext.data is None:
-            continue
-        assert b"".join(reader.iter_chunks(i)) == ext.data
-        # arbitrary sub-ranges, across lz4 frame boundaries
-        for lo, hi in [(0, ext.length), (ext.length // 3, ext.length), (1, max(1, ext.length - 1))]:
-            if lo <= hi:
-                assert reader.read(i, lo, hi - lo) == ext.data[lo:hi]
+    if not compressed:
+        assert len(index) == len(extents)
+    # compressed: an extent's data is one data frame per lz4 piece
+    frames = iter(enumerate(index))
+    for ext in extents:
+        pos, parts = ext.start, []
+        while pos < ext.start + ext.length:
+            i, frame = next(frames)
+            assert frame.start == pos
+            assert frame.kind == ("zero" if ext.data is None else "data")
+            pos = frame.end
+            if ext.data is None:
+                continue
+            parts.append(b"".join(reader.iter_chunks(i)))
+            # arbitrary sub-ranges
+            n = frame.length
+            for lo, hi in [(0, n), (n // 3, n), (1, max(1, n - 1))]:
+                if lo <= hi:
+                    got = reader.read(i, lo, hi - lo)
+                    assert got == ext.data[frame.start - ext.start + lo :][: hi - lo]
+        assert pos == ext.start + ext.length
+        if ext.data is not None:
+            assert b"".join(parts) == ext.data
+    assert next(frames, None) is None
 
 
 def test_real_file_uses_mmap_and_pread(tmp_path):
@@ -88,33 +103,38 @@ def test_compressed_trailer_matches_virtnbdbackup_layout():
     assert blob[-42 - tlen - 40 : -42 - tlen] == b"stop 0000000000000000 0000000000000000\r\n"
 
 
-def test_large_range_is_split_into_pieces_and_a_read_decodes_one():
-    import lz4.frame
-
+def test_compressed_range_is_one_data_frame_per_piece():
+    """virtnbdrestore reads a data frame under 32 MiB as a single lz4 frame."""
     data = b"\x00\x01" * (2 * PIECE) + b"\x02" * 10
     blob, _ = write_stream(8 * PIECE, [Extent(0, len(data), data)], compressed=1)
     index = read_index(io.BytesIO(blob))
-    assert len(index.frame(0).chunk_sizes) == 5
+    assert [(f.start, f.length, len(f.chunk_sizes)) for f in index] == [
+        (0, PIECE, 1),
+        (PIECE, PIECE, 1),
+        (2 * PIECE, PIECE, 1),
+        (3 * PIECE, PIECE, 1),
+        (4 * PIECE, 10, 1),
+    ]
+    trailer = blob[blob.rindex(b"\r\n[") + 2 : -42]
+    assert trailer == json.dumps([f.payload_size for f in index]).encode()
+
+
+def test_virtnbdbackup_split_frame_decodes_only_the_pieces_read():
+    """virtnbdbackup splits a data frame of 32 MiB or more into lz4 frames (a dict entry)."""
+    pieces = [b"\x00\x01" * (PIECE // 2), b"\x02" * PIECE, b"\x03" * 10]
+    lz4s = [compress_chunk(p) for p in pieces]
+    length = sum(map(len, pieces))
+    meta = make_meta(4 * PIECE, [Extent(0, length, b"")], 2).to_json()
+    trailer = json.dumps([{str(sum(map(len, lz4s))): [len(f) for f in lz4s]}]).encode()
+    blob = b"".join([
+        encode_header(b"meta", 0, len(meta)), meta, b"\r\n",
+        encode_header(b"data", 0, length), *lz4s, b"\r\n",
+        encode_header(b"stop", 0, 0), trailer, b"\r\n", encode_header(b"comp", 0, len(trailer)),
+    ])  # fmt: skip
+    index = read_index(io.BytesIO(blob))
     reader = PayloadReader(io.BytesIO(blob), index)
-    assert [raw for _, raw, _, _ in reader.chunk_layout(0)] == [PIECE] * 4 + [10]
-    assert reader.read(0, 4 * PIECE - 2, 6) == b"\x00\x01\x02\x02\x02\x02"
-    assert sorted(reader._cache) == [(0, 3), (0, 4)]  # the two pieces read, no others
-    assert reader.read(0, PIECE + 4, 4) == b"\x00\x01\x00\x01"
-    assert (0, 1) in reader._cache and (0, 0) not in reader._cache
-    assert lz4.frame.get_frame_info(blob[index.frame(0).payload_pos :][:32])["block_checksum"]
-
-
-def test_pieces_of_up_to_32_mib_are_read():
-    """virtnbdbackup writes one lz4 frame per request, up to 32 MiB."""
-    data = b"\x00\x01" * (MAX_CHUNK // 2) + b"\x02" * 10
-    buf = io.BytesIO()
-    writer = StreamWriter(buf, make_meta(MAX_CHUNK * 2, [Extent(0, len(data), data)], 1))
-    writer.begin_data(0, len(data))
-    writer.write_compressed_chunk(compress_chunk(data[:MAX_CHUNK]), MAX_CHUNK)
-    writer.write_compressed_chunk(compress_chunk(data[MAX_CHUNK:]), 10)
-    writer.end_data()
-    writer.finish()
-    index = read_index(io.BytesIO(buf.getvalue()))
-    reader = PayloadReader(io.BytesIO(buf.getvalue()), index)
-    assert [raw for _, raw, _, _ in reader.chunk_layout(0)] == [MAX_CHUNK, 10]
-    assert reader.read(0, MAX_CHUNK - 2, 6) == b"\x00\x01\x02\x02\x02\x02"
+    assert [raw for _, raw, _, _ in reader.chunk_layout(0)] == [PIECE, PIECE, 10]
+    assert reader.read(0, 2 * PIECE - 2, 6) == b"\x02\x02\x03\x03\x03\x03"
+    assert sorted(reader._cache) == [(0, 1), (0, 2)]  # the two pieces read, no others
+    assert reader.read(0, 4, 4) == b"\x00\x01\x00\x01"
+    assert sorted(reader._cache) == [(0, 0), (0, 1), (0, 2)]

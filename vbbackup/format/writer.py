@@ -4,7 +4,7 @@ Layout written (compressed streams add the trailer after ``stop``)::
 
     meta 0 LEN \\r\\n <json> \\r\\n
     zero START LEN \\r\\n
-    data START LEN \\r\\n <LEN bytes, or lz4 frames> \\r\\n
+    data START LEN \\r\\n <LEN bytes, or one lz4 frame> \\r\\n
     stop 0 0 \\r\\n
     [<json trailer> \\r\\n comp 0 LEN(json) \\r\\n]
 """
@@ -39,7 +39,6 @@ class StreamWriter:
         self._open_start = -1
         self._open_length = 0
         self._open_done = 0
-        self._open_chunks: list[int] = []
         self._finished = False
         payload = meta.to_json()
         self._write(frames.encode_header(frames.META, 0, len(payload)))
@@ -69,15 +68,20 @@ class StreamWriter:
         self._write(frames.encode_header(frames.ZERO, start, length))
 
     def begin_data(self, start: int, length: int) -> None:
-        """Open a data frame for [start, start+length); fill with chunks."""
+        """Open a data range [start, start+length); fill with chunks.
+
+        Uncompressed, the range is one data frame. Compressed, each lz4
+        piece is a data frame of its own: virtnbdrestore reads a data frame
+        shorter than QEMU's 32 MiB request limit as one lz4 frame.
+        """
         self._check_idle()
         if length <= 0:
             raise ValueError("data frame needs a positive length")
-        self._write(frames.encode_header(frames.DATA, start, length))
+        if not self.compressed:
+            self._write(frames.encode_header(frames.DATA, start, length))
         self._open_start = start
         self._open_length = length
         self._open_done = 0
-        self._open_chunks = []
 
     def write_chunk(self, raw: bytes | bytearray | memoryview) -> None:
         """Next piece of the open frame; compressed here if the stream is."""
@@ -93,9 +97,12 @@ class StreamWriter:
             raise ValueError("stream is not compressed")
         if raw_length > MAX_CHUNK:
             raise ValueError(f"compressed piece covers {raw_length} bytes > {MAX_CHUNK}")
+        piece_start = self._open_start + self._open_done
         self._advance(raw_length)
-        self._open_chunks.append(len(frame))
+        self._write(frames.encode_header(frames.DATA, piece_start, raw_length))
         self._write(frame)
+        self._write(frames.TERM)
+        self._trailer.append(len(frame))
 
     def write_compressed_pieces(self, frames: list[bytes], raw_length: int) -> None:
         """``compress_pieces``' frames of ``raw_length`` bytes: ``PIECE`` bytes each."""
@@ -127,13 +134,8 @@ class StreamWriter:
                 f"data frame at {self._open_start} short: "
                 f"{self._open_done} of {self._open_length} bytes written"
             )
-        self._write(frames.TERM)
-        if self.compressed:
-            chunks = self._open_chunks
-            if len(chunks) == 1:
-                self._trailer.append(chunks[0])
-            else:
-                self._trailer.append({str(sum(chunks)): list(chunks)})
+        if not self.compressed:
+            self._write(frames.TERM)
         self.data_bytes += self._open_length
         self._open_start = -1
 
