@@ -103,8 +103,11 @@ def copy_out(
     try:
         create = ["qemu-img", "create", "-q", "-f", fmt]
         _run([*create, *(["-o", options] if options else []), str(tmp), str(point.virtual_size)])
+        # -W (writes out of order) for raw only: 10-30% faster here, but in a
+        # qcow2 it would allocate clusters out of the disk's order.
+        order = "-W " if fmt == "raw" else ""
         convert = (
-            "qemu-img convert -n --target-is-zero -f raw -O "
+            f"qemu-img convert {order}-n --target-is-zero -f raw -O "
             f'{fmt} nbd+unix:///?socket="$unixsocket" {shlex.quote(str(tmp))}'
         )
         exported = Export(export.directory, point.disk, export.until)
