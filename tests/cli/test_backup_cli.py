@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import libvirt
@@ -158,13 +159,21 @@ def _fill(vm: TestVM, size: int) -> None:
         vm.write("vda", off, os.urandom(4 * MiB))
 
 
-@pytest.mark.integration
-def test_sigterm_ends_the_job_and_keeps_nothing_half_written(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def _full_in_flight(
+    make_vm: Callable[..., TestVM], tmp_path: Path, filled: int
+) -> tuple[TestVM, Path, subprocess.Popen[str]]:
+    """A 64 MiB disk with ``filled`` random bytes, and a full backup of it half written."""
     vm = make_vm(disks=[DiskSpec("vda", 64 * MiB)])
-    _fill(vm, 64 * MiB)
+    _fill(vm, filled)
     out = tmp_path / "set"
     proc = _slow_backup(vm, "full", out)
     _wait_for_partial(proc, out)
+    return vm, out, proc
+
+
+@pytest.mark.integration
+def test_sigterm_ends_the_job_and_keeps_nothing_half_written(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm, out, proc = _full_in_flight(make_vm, tmp_path, 64 * MiB)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -176,11 +185,7 @@ def test_sigterm_ends_the_job_and_keeps_nothing_half_written(make_vm, tmp_path: 
 
 @pytest.mark.integration
 def test_sigkill_mid_disk_then_the_next_runs_recover(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    vm = make_vm(disks=[DiskSpec("vda", 64 * MiB)])
-    _fill(vm, 48 * MiB)
-    out = tmp_path / "set"
-    proc = _slow_backup(vm, "full", out)
-    _wait_for_partial(proc, out)
+    vm, out, proc = _full_in_flight(make_vm, tmp_path, 48 * MiB)
     proc.kill()
     proc.communicate()
     assert vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE  # the dead run's job lives on
