@@ -131,3 +131,16 @@ def test_payload_read_past_end_of_file(tmp_path):
         path.write_bytes(blob[:100])  # truncated after indexing
         with pytest.raises(StreamFormatError, match="file ends early"):
             PayloadReader(f, index).read(0, 0, 4096)
+
+
+def test_lz4_frame_shorter_than_its_data_header():
+    """A data header whose length disagrees with its lz4 frame's content."""
+    blob, _ = write_stream(1 << 20, EXTENTS, compressed=2)
+    index = parse(blob)
+    pos = index.frame(0).pos
+    bad = blob[:pos] + encode_header(b"data", 0, 4095) + blob[pos + 40 :]
+    reader = PayloadReader(io.BytesIO(bad), parse(bad))
+    with pytest.raises(StreamFormatError, match="lz4 frame decodes to 4096 bytes, not 4095"):
+        reader.read(0, 0, 100)
+    with pytest.raises(StreamFormatError, match="decode to 4096 bytes, frame header says 4095"):
+        b"".join(reader.iter_chunks(0))

@@ -63,7 +63,9 @@ class StreamIndex:
         self.positions = array("Q")
         self.payload_pos = array("Q")
         self.payload_size = array("Q")
-        # frame number -> compressed sizes of its lz4 frames (compressed streams)
+        # frame number -> compressed sizes of its lz4 frames, for the data
+        # frames of more than one (a compressed stream holds thousands of
+        # single ones: no entry each)
         self.chunk_sizes: dict[int, tuple[int, ...]] = {}
 
     def __len__(self) -> int:
@@ -81,8 +83,17 @@ class StreamIndex:
             pos=self.positions[i],
             payload_pos=self.payload_pos[i],
             payload_size=self.payload_size[i],
-            chunk_sizes=self.chunk_sizes.get(i, ()),
+            chunk_sizes=self.chunks(i),
         )
+
+    def chunks(self, i: int) -> tuple[int, ...]:
+        """Compressed sizes of frame i's lz4 frames (empty if it has none)."""
+        sizes = self.chunk_sizes.get(i)
+        if sizes is not None:
+            return sizes
+        if self.compressed and self.kinds[i] == KIND_DATA:
+            return (self.payload_size[i],)
+        return ()
 
     def __iter__(self) -> Iterator[Frame]:
         for i in range(len(self)):
@@ -187,7 +198,8 @@ def _parse(pread: PreadFn, size: int, path: str) -> StreamIndex:
                         path, pos, "more data frames than the compression trailer lists"
                     )
                 chunks = _trailer_entry(trailer[n_data], path, pos)
-                index.chunk_sizes[len(kinds)] = chunks
+                if len(chunks) > 1:  # one lz4 frame: its size is the payload size
+                    index.chunk_sizes[len(kinds)] = chunks
                 payload = sum(chunks)
             else:
                 payload = length

@@ -68,14 +68,16 @@ class PayloadReader:
     def chunk_layout(self, i: int) -> tuple[tuple[int, int, int, int], ...]:
         """(raw offset in frame, raw length, file position, compressed size) per lz4 frame."""
         self._check_data(i)
+        idx = self.index
+        sizes = idx.chunks(i)
+        if len(sizes) == 1:  # the usual case: nothing to read or keep
+            return ((0, idx.lengths[i], idx.payload_pos[i], sizes[0]),)
         layout = self._layouts.get(i)
         if layout is not None:
             return layout
-        idx = self.index
         entries = []
         raw_off = 0
         file_pos = idx.payload_pos[i]
-        sizes = idx.chunk_sizes.get(i, ())
         for n, csize in enumerate(sizes):
             prefix = self.pread(min(csize, FRAME_HEADER_MAX), file_pos)
             raw = chunk_raw_size(prefix, idx.name, file_pos)
@@ -102,6 +104,8 @@ class PayloadReader:
         A binary search: a frame of a long extent holds thousands of pieces.
         """
         layout = self.chunk_layout(i)
+        if len(layout) == 1:
+            return [(0, layout[0])]
         offsets = self._offsets.get(i)
         if offsets is None:
             offsets = self._offsets[i] = [entry[0] for entry in layout]
@@ -160,7 +164,7 @@ class PayloadReader:
             return
         total = 0
         file_pos = idx.payload_pos[i]
-        for csize in idx.chunk_sizes.get(i, ()):
+        for csize in idx.chunks(i):
             data = decompress_chunk(self.pread(csize, file_pos), idx.name, file_pos)
             if len(data) > MAX_CHUNK * 4:
                 raise StreamFormatError(idx.name, file_pos, "lz4 frame decodes to too much data")
