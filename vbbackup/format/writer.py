@@ -92,7 +92,7 @@ class StreamWriter:
             self._write(raw)
 
     def write_compressed_chunk(self, frame: bytes, raw_length: int) -> None:
-        """Next piece of the open frame, already made by ``compress_chunk``."""
+        """Next piece of the open range, made by ``compress_chunk``: a data frame of its own."""
         if not self.compressed:
             raise ValueError("stream is not compressed")
         if raw_length > MAX_CHUNK:
@@ -104,9 +104,9 @@ class StreamWriter:
         self._write(frames.TERM)
         self._trailer.append(len(frame))
 
-    def write_compressed_pieces(self, frames: list[bytes], raw_length: int) -> None:
+    def write_compressed_pieces(self, lz4_frames: list[bytes], raw_length: int) -> None:
         """``compress_pieces``' frames of ``raw_length`` bytes: ``PIECE`` bytes each."""
-        for frame in frames:
+        for frame in lz4_frames:
             n = min(PIECE, raw_length)
             self.write_compressed_chunk(frame, n)
             raw_length -= n
