@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
+from vbbackup.engine.heap import keep_freed_buffers
 from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
 from vbbackup.format import StreamWriter, compress_pieces
@@ -59,6 +60,8 @@ def copy_extents(
     asynchronous file under ``writer``, if any; a raw read buffer goes back to
     its pool only after ``out`` has written it.
     """
+    if writer.compressed and pool is not None:
+        keep_freed_buffers()
     queue: deque[_Chunk | tuple[str, int, int]] = deque()
     buffers = BufferPool(reader.request_size, reader.in_flight + PREFETCH + max_pending + DEPTH + 3)
     reads = _Prefetch(reader.read_pieces(pieces(extents, reader.request_size), buffers))
