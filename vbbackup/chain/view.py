@@ -23,6 +23,7 @@ from vbbackup.chain.extentmap import ZERO
 from vbbackup.chain.regionmap import RegionMap
 from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.format import PayloadReader, StreamIndex, decompress_chunk, read_index
+from vbbackup.format.heap import keep_freed_buffers
 
 _ZEROS = memoryview(bytes(1024 * 1024))
 
@@ -49,6 +50,8 @@ class PointInTimeView:
                 self._fds.append(f.fileno())
                 self._indexes.append(index)
                 self._readers.append(PayloadReader(f, index, cache_chunks=0))
+            if any(index.compressed for index in self._indexes):
+                keep_freed_buffers()  # decoded pieces: reuse their memory
             self.map = RegionMap(self.size, [(i.kinds, i.starts, i.lengths) for i in self._indexes])
             self._stack = stack.pop_all()
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
-from vbbackup.engine.heap import keep_freed_buffers
 from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
 from vbbackup.format import StreamWriter, compress_pieces
+from vbbackup.format.heap import keep_freed_buffers
 from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
 
 Progress = Callable[[int], None]

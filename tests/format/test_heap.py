@@ -7,7 +7,7 @@ import sys
 
 _CHURN = """
 import resource, sys
-from vbbackup.engine.heap import keep_freed_buffers
+from vbbackup.format.heap import keep_freed_buffers
 if sys.argv[1] == "keep":
     assert keep_freed_buffers()
 def faults():
