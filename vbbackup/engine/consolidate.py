@@ -149,7 +149,7 @@ def _write_full(item: DiskPlan) -> None:
                 if zero:
                     writer.write_zero(offset, length)
                     continue
-                # one frame per MAX_CHUNK: one lz4 frame each, as virtnbdrestore reads it
+                # bounded reads; a compressed stream turns each lz4 piece into its own frame
                 for start in range(offset, offset + length, MAX_CHUNK):
                     n = min(MAX_CHUNK, offset + length - start)
                     writer.begin_data(start, n)
