@@ -35,27 +35,41 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path | str, *, overwrite: bool = False) -> Iterator[BinaryIO]:
-    """Yield a buffered binary file that becomes ``path`` only on success."""
+def atomic_path(path: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield ``path.partial`` to fill (by us or a tool); it becomes ``path`` only on success.
+
+    On success the partial is fsync'ed, renamed and the directory fsync'ed; on
+    error it is removed. Refuses an existing ``path`` unless ``overwrite``.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise TargetExistsError(f"{path} already exists; refusing to overwrite it")
     tmp = partial_path(path)
     try:
-        f = open(tmp, "wb", buffering=_BUFFER)  # noqa: SIM115 - closed below
-    except OSError as err:
-        raise VbError(f"cannot write {tmp}: {err.strerror}") from None
-    try:
-        with f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path | str, *, overwrite: bool = False) -> Iterator[BinaryIO]:
+    """Yield a buffered binary file that becomes ``path`` only on success."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            f = open(tmp, "wb", buffering=_BUFFER)  # noqa: SIM115 - closed below
+        except OSError as err:
+            raise VbError(f"cannot write {tmp}: {err.strerror}") from None
+        with f:
+            yield f
 
 
 def write_small_file(path: Path | str, data: bytes, *, overwrite: bool = True) -> None:

@@ -17,15 +17,14 @@ import contextlib
 import os
 import pwd
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
-from vbbackup.chain import COPY, FULL, BackupSet
-from vbbackup.engine.copyout import sector_policy
+from vbbackup.chain import BackupSet
 from vbbackup.errors import LibvirtError, MountError
+from vbbackup.virt import libvirt_connection
 from vbmount import proc, resources
 from vbmount.mounting import require_root
 from vbmount.server import Export, NbdkitServer, plugin_args
@@ -50,24 +49,10 @@ class Booted:
     overlays: dict[str, Path] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def connect(uri: str) -> Iterator[libvirt.virConnect]:
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as err:
-        raise LibvirtError(f"cannot connect to {uri}: {err.get_error_message()}") from None
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
 def vmconfig_path(backup: BackupSet, until: str | None) -> Path:
     """The domain XML saved with the point in time (the newest file of the first disk)."""
     point = backup.resolve(backup.disks[0], until)
-    newest = point.files[-1]
-    ident = {FULL: point.meta.checkpoint_name, COPY: COPY}.get(newest.level, newest.ident)
-    path = backup.directory / f"vmconfig.{ident}.xml"
+    path = backup.directory / f"vmconfig.{point.side_ident}.xml"
     if not path.is_file():
         raise MountError(f"no saved domain configuration {path.name} in {backup.directory}")
     return path
@@ -134,7 +119,7 @@ def boot(config: BootConfig) -> Booted:
     xml_path = vmconfig_path(backup, config.until)
     original = ET.fromstring(xml_path.read_text()).findtext("name") or backup.directory.name
     name = config.name or f"{original}-restore"
-    with connect(config.uri) as conn:
+    with libvirt_connection(config.uri) as conn:
         if name in (conn.listDefinedDomains() + [d.name() for d in conn.listAllDomains()]):
             raise MountError(f"domain {name} already exists (choose another with --name)")
         if resources.load("boot", name) is not None:
@@ -171,10 +156,8 @@ def _serve_disks(
     for disk in backup.disks:
         point = backup.resolve(disk, until)
         socket = workdir / f"{disk}.sock"
-        # QEMU's NBD client must see sector-sized extents (see copyout.sector_policy).
-        policy = sector_policy(point.virtual_size)
         server = NbdkitServer(
-            [*policy[:1], *plugin_args(Export(backup.directory, disk, until)), *policy[1:]],
+            plugin_args(Export(backup.directory, disk, until)),
             workdir=workdir,
             socket=socket,
             name=f"nbdkit-{disk}",
@@ -209,7 +192,7 @@ def unboot(name: str, uri: str | None = None) -> bool:
 
 def _release_boot(res: resources.Resources) -> None:
     if res.domain is not None:
-        with connect(res.uri or "qemu:///system") as conn:
+        with libvirt_connection(res.uri or "qemu:///system") as conn:
             _remove_domain(conn, res.domain)
     resources.release(res)
 

@@ -74,6 +74,17 @@ class PointInTime:
     def virtual_size(self) -> int:
         return self.meta.virtual_size
 
+    @property
+    def side_ident(self) -> str:
+        """``<ident>`` of the side files saved with the newest file (vmconfig, qcow.json,
+        boot files): the checkpoint for a full, ``copy`` for a copy, else the file's ident."""
+        newest = self.files[-1]
+        if newest.level == FULL:
+            return self.meta.checkpoint_name
+        if newest.level == COPY:
+            return COPY
+        return newest.ident
+
 
 @dataclass(frozen=True)
 class DiskInfo:
@@ -207,9 +218,7 @@ class BackupSet:
 
     def qemu_info(self, point: PointInTime) -> dict[str, Any] | None:
         """``qemu-img info`` JSON saved with the point's newest file, if any."""
-        newest = point.files[-1]
-        ident = {FULL: point.meta.checkpoint_name, COPY: COPY}.get(newest.level, newest.ident)
-        path = self.directory / f"{newest.disk}.{ident}.qcow.json"
+        path = self.directory / f"{point.disk}.{point.side_ident}.qcow.json"
         try:
             info = json.loads(path.read_text())
         except FileNotFoundError:

@@ -12,7 +12,6 @@ is created first with ``qemu-img create`` (qcow2 options from the set's
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 
 from vbbackup.chain import BackupSet
 from vbbackup.errors import TargetExistsError, VbError
-from vbbackup.fsutil import fsync_dir, partial_path
+from vbbackup.fsutil import atomic_path
 
 PLUGIN = Path(__file__).resolve().parents[2] / "nbdkit_plugin" / "vbmount.py"
 FORMATS = ("qcow2", "raw")
@@ -98,9 +97,9 @@ def copy_out(
     options = qcow2_options(backup.qemu_info(point)) if fmt == "qcow2" else ""
     if preallocation:
         options = ",".join(filter(None, [options, f"preallocation={preallocation}"]))
-    tmp = partial_path(output)
-    tmp.unlink(missing_ok=True)
-    try:
+    # checked above with the CLI's hint; the partial is ours to replace
+    with atomic_path(output, overwrite=True) as tmp:
+        tmp.unlink(missing_ok=True)
         create = ["qemu-img", "create", "-q", "-f", fmt]
         _run([*create, *(["-o", options] if options else []), str(tmp), str(point.virtual_size)])
         # -W (writes out of order) for raw only: 10-30% faster here, but in a
@@ -111,30 +110,7 @@ def copy_out(
             f'{fmt} nbd+unix:///?socket="$unixsocket" {shlex.quote(str(tmp))}'
         )
         exported = Export(export.directory, point.disk, export.until)
-        policy = sector_policy(point.virtual_size)  # [filter option, its parameter]
-        _run(["nbdkit", "--unix", "-", "--readonly", *policy[:1], *plugin_args(exported),
-              *policy[1:], "--run", convert])  # fmt: skip
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-        fsync_dir(output.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def sector_policy(size: int) -> list[str]:
-    """nbdkit filter that advertises a 512-byte minimum block size.
-
-    qemu-img convert reads block status per 512-byte sector and skips a
-    sector whose first bytes are a hole, so a byte-granular extent (data
-    from byte 2M+17) would lose that sector's data. With a minimum block
-    size QEMU's NBD client rounds extents itself: a partly-data sector is data.
-    """
-    if size % 512:
-        return []
-    return ["--filter=blocksize-policy", "blocksize-minimum=512"]
+        _run(["nbdkit", "--unix", "-", "--readonly", *plugin_args(exported), "--run", convert])
 
 
 def _run(argv: list[str]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from vbbackup.chain import COPY, FULL, BackupSet, PointInTime, open_view
+from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
 from vbbackup.engine import domainxml
 from vbbackup.engine.copyout import FORMATS, Export, copy_out
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError
@@ -185,19 +185,9 @@ def _point(backup: BackupSet, disk: str, until: str | None) -> tuple[PointInTime
     return backup.resolve(disk, until), until
 
 
-def _ident(point: PointInTime) -> str:
-    """The ``<ident>`` of the side files (vmconfig, qcow.json, boot files) of a point."""
-    newest = point.files[-1]
-    if newest.level == FULL:
-        return point.meta.checkpoint_name
-    if newest.level == COPY:
-        return COPY
-    return newest.ident
-
-
 def _saved_xml(backup: BackupSet, point: PointInTime) -> Path | None:
     """``vmconfig.<ident>.xml`` of the point; else the newest one saved."""
-    path = backup.directory / f"vmconfig.{_ident(point)}.xml"
+    path = backup.directory / f"vmconfig.{point.side_ident}.xml"
     if path.is_file():
         return path
     saved = sorted(backup.directory.glob("vmconfig.*.xml"), key=lambda p: p.stat().st_mtime)
@@ -230,7 +220,7 @@ def _boot_plan(
 ) -> dict[str, tuple[Path, Path]]:
     """Saved boot files (``<basename>.<ident>``, or ``<basename>`` for a copy) to restore."""
     plan_: dict[str, tuple[Path, Path]] = {}
-    ident = _ident(point)
+    ident = point.side_ident
     for element, original in domainxml.boot_files(tree).items():
         base = Path(original).name
         if element == "loader" and Path(original).exists():
