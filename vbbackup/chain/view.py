@@ -22,7 +22,7 @@ from vbbackup.chain.cache import DEFAULT_BUDGET, DecodedCache
 from vbbackup.chain.extentmap import ZERO
 from vbbackup.chain.regionmap import RegionMap
 from vbbackup.errors import ChainError, StreamFormatError
-from vbbackup.format import PayloadReader, StreamIndex, decompress_chunk, read_index
+from vbbackup.format import PayloadReader, StreamIndex, read_index
 from vbbackup.format.heap import keep_freed_buffers
 
 _ZEROS = memoryview(bytes(1024 * 1024))
@@ -116,7 +116,7 @@ class PointInTimeView:
         end = offset + len(dst)
         for n, (raw_off, raw_len, file_pos, csize) in reader.chunks_in(frame, offset, len(dst)):
             data = self._cache.get(
-                (layer, frame, n), partial(_decode, reader, file_pos, csize, raw_len)
+                (layer, frame, n), partial(reader.decode_piece, file_pos, csize, raw_len)
             )
             lo = max(offset, raw_off)
             hi = min(end, raw_off + raw_len)
@@ -130,15 +130,6 @@ def _open(path: Path) -> BinaryIO:
         raise ChainError(f"missing file in the chain: {path}") from None
     except OSError as err:
         raise ChainError(f"cannot open {path}: {err.strerror}") from None
-
-
-def _decode(reader: PayloadReader, file_pos: int, csize: int, raw_len: int) -> bytes:
-    data = decompress_chunk(reader.pread(csize, file_pos), reader.index.name, file_pos)
-    if len(data) != raw_len:
-        raise StreamFormatError(
-            reader.index.name, file_pos, f"lz4 frame decodes to {len(data)} bytes, not {raw_len}"
-        )
-    return data
 
 
 def _fill_zero(dst: memoryview) -> None:

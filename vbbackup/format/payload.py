@@ -113,14 +113,25 @@ class PayloadReader:
         last = bisect_right(offsets, offset + length - 1, first) if length else first
         return [(n, layout[n]) for n in range(first, last)]
 
-    def _decode(self, i: int, n: int, file_pos: int, csize: int) -> bytes:
+    def decode_piece(self, file_pos: int, csize: int, raw_len: int | None = None) -> bytes:
+        """One lz4 frame of a payload, decoded; checked against ``raw_len`` when known."""
+        data = decompress_chunk(self.pread(csize, file_pos), self.index.name, file_pos)
+        if raw_len is not None and len(data) != raw_len:
+            raise StreamFormatError(
+                self.index.name, file_pos, f"lz4 frame decodes to {len(data)} bytes, not {raw_len}"
+            )
+        return data
+
+    def _decode(
+        self, i: int, n: int, file_pos: int, csize: int, raw_len: int | None = None
+    ) -> bytes:
         key = (i, n)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        data = decompress_chunk(self.pread(csize, file_pos), self.index.name, file_pos)
+        data = self.decode_piece(file_pos, csize, raw_len)
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > self._cache_max:
@@ -140,11 +151,7 @@ class PayloadReader:
         out = bytearray()
         end = offset + length
         for n, (raw_off, raw_len, file_pos, csize) in self.chunks_in(i, offset, length):
-            data = self._decode(i, n, file_pos, csize)
-            if len(data) != raw_len:
-                raise StreamFormatError(
-                    idx.name, file_pos, f"lz4 frame decodes to {len(data)} bytes, not {raw_len}"
-                )
+            data = self._decode(i, n, file_pos, csize, raw_len)
             lo = max(offset, raw_off) - raw_off
             hi = min(end, raw_off + raw_len) - raw_off
             out += data[lo:hi]
