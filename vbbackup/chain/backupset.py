@@ -151,6 +151,15 @@ def start_at_full(names: list[str], full: StreamMeta | None) -> list[str]:
     return names
 
 
+def follow_parents(first: str, children: dict[str | None, str]) -> list[str]:
+    """Chain order from the metas alone (no ``.cpt``): ``first``, then each checkpoint's
+    child by ``parentCheckpoint``, as far as the links go (a loop ends it)."""
+    names = [first]
+    while names[-1] in children and len(names) <= len(children):
+        names.append(children[names[-1]])
+    return names
+
+
 class BackupSet:
     """The data files and checkpoint list of one backup directory.
 
@@ -285,11 +294,8 @@ class BackupSet:
         fulls = by_level.get(FULL, [])
         if not fulls:
             return []
-        names = [self.meta(fulls[0]).checkpoint_name]
         children = {self.meta(f).parent_checkpoint: f.ident for f in by_level.get(INC, [])}
-        while names[-1] in children and len(names) <= len(children):
-            names.append(children[names[-1]])
-        return names
+        return follow_parents(self.meta(fulls[0]).checkpoint_name, children)
 
     def _resolve_points(self, disk: str) -> _Points:
         by_level: dict[str, list[DataFile]] = {}

@@ -16,7 +16,7 @@ from pathlib import Path
 from lxml import etree
 
 from vbbackup.chain import COPY, DIFF, FULL, INC, DataFile, read_meta
-from vbbackup.chain.backupset import parse_data_name, start_at_full
+from vbbackup.chain.backupset import follow_parents, parse_data_name, start_at_full
 from vbbackup.errors import ChainError, VbError
 from vbbackup.format import StreamMeta
 from vbbackup.fsutil import PARTIAL_SUFFIX, checksum_path
@@ -225,11 +225,8 @@ def _chain_names(
         return start_at_full(list(checkpoints), fulls[0].meta if fulls else None)
     if not fulls or fulls[0].meta is None:
         return []
-    names = [fulls[0].meta.checkpoint_name]
     children = {e.meta.parent_checkpoint: e.data.ident for e in incs.values() if e.meta}
-    while names[-1] in children and len(names) <= len(children):
-        names.append(children[names[-1]])
-    return names
+    return follow_parents(fulls[0].meta.checkpoint_name, children)
 
 
 def _domain_from_xml(directory: Path) -> str | None:
