@@ -20,17 +20,10 @@ from pathlib import Path
 from typing import TextIO
 
 from vbbackup.engine.backup import DiskResult, Reporter
+from vbbackup.engine.info import human_size
 
 REDRAW_SECONDS = 0.2
 BAR_WIDTH = 24
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def bar_line(target: str, done: int, total: int, seconds: float) -> str:
@@ -40,7 +33,7 @@ def bar_line(target: str, done: int, total: int, seconds: float) -> str:
     rate = done / seconds if seconds > 0 else 0.0
     return (
         f"{target} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {int(100 * fraction):3d}%  "
-        f"{human(done)}/{human(total)}  {human(rate)}/s"
+        f"{human_size(done)}/{human_size(total)}  {human_size(int(rate))}/s"
     )
 
 
@@ -79,9 +72,9 @@ class CliReporter(Reporter):
         with self._lock:
             self._disks.pop(result.target, None)
         self._say(
-            f"{result.target}: {result.level}, {human(result.data_bytes)} data, "
-            f"file {Path(result.path).name} {human(result.file_bytes)}, "
-            f"{result.seconds:.1f} s, {human(result.throughput)}/s"
+            f"{result.target}: {result.level}, {human_size(result.data_bytes)} data, "
+            f"file {Path(result.path).name} {human_size(result.file_bytes)}, "
+            f"{result.seconds:.1f} s, {human_size(int(result.throughput))}/s"
         )
 
     def _say(self, line: str) -> None:

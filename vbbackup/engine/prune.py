@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vbbackup.chain.backupset import read_meta
+from vbbackup.engine.info import human_size
 from vbbackup.errors import ChainError, UsageError
 
 PRUNING_SUFFIX = ".pruning"
@@ -117,16 +118,7 @@ def prune(config: PruneConfig, report: Callable[[str], None] = print) -> PruneRe
 
 def _summary(chain: ChainDir) -> str:
     date = chain.date.isoformat(sep=" ", timespec="seconds")
-    return f"full of {date}, {chain.files} files, {_size(chain.size)}"
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return f"full of {date}, {chain.files} files, {human_size(chain.size)}"
 
 
 def _remove(path: Path) -> None:
