@@ -11,6 +11,7 @@ connection and thread.
 
 from __future__ import annotations
 
+import errno
 import os
 import site
 import sys
@@ -68,6 +69,9 @@ def get_ready() -> None:
         _view = open_view(_params["dir"], _params.get("disk"), _params.get("until"), files)
     except VbError as err:
         raise _fail(err) from None
+    warning = _view.unchecked_warning()
+    if warning:
+        print(f"vbmount: {warning}", file=sys.stderr, flush=True)
 
 
 def cleanup() -> None:
@@ -102,7 +106,12 @@ def can_extents(h: PointInTimeView) -> bool:
 
 
 def pread(h: PointInTimeView, buf: memoryview, offset: int, flags: int) -> None:
-    h.readinto(buf, offset)
+    try:
+        h.readinto(buf, offset)
+    except VbError as err:  # damaged data: the client gets EIO, never wrong bytes
+        print(f"vbmount: error: {err}", file=sys.stderr, flush=True)
+        nbdkit.set_error(errno.EIO)
+        raise _fail(err) from None
 
 
 def extents(h: PointInTimeView, count: int, offset: int, flags: int) -> list[tuple[int, int, int]]:

@@ -14,6 +14,7 @@ PACKAGES=(
     python3-libvirt python3-libnbd libnbd-bin  # libnbd-bin ships nbdcopy, nbdinfo and nbdfuse
     nbdkit nbdkit-plugin-python
     python3-lz4 python3-lxml python3-click python3-venv python3-pip
+    python3-xxhash  # end-to-end checksums (.sums); nbdkit embeds /usr/bin/python3
     fuse3 fdisk e2fsprogs xfsprogs dosfstools
     virtnbdbackup ovmf openssh-server openssh-client openssl
     time  # /usr/bin/time: peak RSS in bench/backup.py

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from vbbackup.errors import TargetExistsError, VbError
+from vbbackup.errors import StreamFormatError, TargetExistsError, VbError
+from vbbackup.format.sums import SUMS_SUFFIX, Sums
+from vbbackup.format.writer import StreamWriter
 
 PARTIAL_SUFFIX = ".partial"
 CHECKSUM_SUFFIX = ".chksum"
@@ -108,3 +110,36 @@ def file_adler32(path: Path | str) -> int:
         while chunk := f.read(_BUFFER * 4):
             value = zlib.adler32(chunk, value)
     return value
+
+
+def sums_path(data_path: Path | str) -> Path:
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.name + SUMS_SUFFIX)
+
+
+def write_sums(data_path: Path | str, sums: Sums, *, overwrite: bool = False) -> None:
+    """``<file>.sums``: the per-piece checksums of the data file (``format.sums``)."""
+    write_small_file(sums_path(data_path), sums.to_bytes(), overwrite=overwrite)
+
+
+def read_sums(data_path: Path | str) -> Sums | None:
+    """The data file's checksums, None when it has none; a damaged one raises."""
+    path = sums_path(data_path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StreamFormatError(str(path), 0, f"cannot read: {err.strerror}") from None
+    sums = Sums.from_bytes(raw, str(path))
+    if sums.data_file != Path(data_path).name:
+        raise StreamFormatError(
+            str(path), 0, f"checksum file belongs to {sums.data_file}, not {Path(data_path).name}"
+        )
+    return sums
+
+
+def write_stream_checks(data_path: Path | str, writer: StreamWriter) -> None:
+    """A finished stream's ``.chksum`` (whole file) and ``.sums`` (every piece, the layout)."""
+    write_checksum(data_path, writer.checksum)
+    write_sums(data_path, writer.sums(Path(data_path).name), overwrite=True)

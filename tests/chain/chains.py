@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vbbackup.format import StreamMeta, StreamWriter
+from vbbackup.fsutil import write_sums
 
 Frame = tuple[int, bytes] | tuple[int, int]
 
@@ -29,6 +30,7 @@ def write_stream(
     parent: str | None,
     compressed: bool = False,
     piece: int = 0,
+    sums: bool = True,
 ) -> None:
     """One stream file; with ``piece``, data goes in lz4 frames of that size."""
     meta = StreamMeta(
@@ -54,6 +56,8 @@ def write_stream(
                 w.write_chunk(what[pos : pos + step])
             w.end_data()
         w.finish()
+    if sums:
+        write_sums(path, w.sums(path.name), overwrite=True)
 
 
 def write_chain(
@@ -65,6 +69,7 @@ def write_chain(
     compressed: bool = False,
     piece: int = 0,
     cpt: bool = True,
+    sums: bool = True,
 ) -> list[str]:
     """Full (step 0) + incrementals as virtnbdbackup names them; checkpoint names."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +84,7 @@ def write_chain(
             parent=names[k - 1] if k else None,
             compressed=compressed,
             piece=piece,
+            sums=sums,
         )
     if cpt:
         (directory / "vm.cpt").write_text(json.dumps(names))

@@ -20,8 +20,10 @@ STEPS = [
 ]
 
 
-def make_set(directory: Path, *, compressed: bool = False, checksums: bool = True) -> Path:
-    write_chain(directory, SIZE, STEPS, compressed=compressed, piece=2 * KiB)
+def make_set(
+    directory: Path, *, compressed: bool = False, checksums: bool = True, sums: bool = True
+) -> Path:
+    write_chain(directory, SIZE, STEPS, compressed=compressed, piece=2 * KiB, sums=sums)
     if checksums:
         for path in directory.glob("*.data"):
             write_checksum(path, file_adler32(path))
@@ -87,7 +89,7 @@ def test_flipped_offset_in_full_without_checksum_is_caught(tmp_path: Path) -> No
 
 
 def test_uncompressed_payload_without_checksum_is_a_warning(tmp_path: Path) -> None:
-    make_set(tmp_path, checksums=False)
+    make_set(tmp_path, checksums=False, sums=False)
     path = tmp_path / "vda.inc.virtnbdbackup.1.data"
     flip(path, path.read_bytes().index(b"BBBB") + 100)
     report = verify(VerifyConfig(tmp_path))
@@ -99,12 +101,54 @@ def test_uncompressed_payload_without_checksum_is_a_warning(tmp_path: Path) -> N
 
 
 def test_checksum_mismatch_is_named(tmp_path: Path) -> None:
-    make_set(tmp_path)
+    make_set(tmp_path, sums=False)
     path = tmp_path / "vda.inc.virtnbdbackup.1.data"
     flip(path, path.read_bytes().index(b"BBBB") + 100)
     (problem,) = verify(VerifyConfig(tmp_path)).problems
     assert str(problem).startswith(f"{path}: adler32 ")
     assert "does not match vda.inc.virtnbdbackup.1.data.chksum" in problem.message
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_damaged_piece_is_named_with_its_offset(tmp_path: Path, compressed: bool) -> None:
+    data = bytes(range(256)) * 256  # 64 KiB: four checksum pieces
+    write_chain(tmp_path, SIZE, [[(0, data), (64 * KiB, SIZE - 64 * KiB)]],
+                compressed=compressed, piece=32 * KiB)  # fmt: skip
+    path = tmp_path / "vda.full.data"
+    # a byte of disk offset 40 KiB + 5: the third piece
+    frame = next(f for f in _index(path) if f.kind == "data" and f.start <= 40 * KiB < f.end)
+    position = frame.payload_pos + (40 * KiB + 5 - frame.start if not compressed else 20)
+    flip(path, position)
+    report = verify(VerifyConfig(tmp_path))
+    (result,) = [f for f in report.files if not f.sound]
+    assert result.path == path and result.sums == "mismatch"
+    message = str(result.problems[0])
+    if compressed:  # lz4's own checksum, or ours: either way the lz4 frame's place is named
+        assert message.startswith(f"{path}: at byte {frame.payload_pos}: ")
+    else:
+        assert message == (
+            f"{path}: at byte {frame.payload_pos + 32 * KiB}: frame 0: disk bytes "
+            f"[{32 * KiB}, +{16 * KiB}) do not match their checksum in {path}.sums: damaged data"
+        )
+
+
+def test_flipped_header_digit_is_a_layout_mismatch(tmp_path: Path) -> None:
+    make_set(tmp_path, checksums=False)
+    path = tmp_path / "vda.inc.virtnbdbackup.2.data"
+    data = path.read_bytes()
+    header = data.index(b"data 0000000000019000")  # start of the 100 KiB frame, 0x19000
+    path.write_bytes(data[: header + 19] + b"8" + data[header + 20 :])  # 0x19000 -> 0x18000
+    (problem,) = verify(VerifyConfig(tmp_path)).problems
+    assert str(problem) == (
+        f"{path}: at byte 0: frame layout does not match {path}.sums (a header or the meta changed)"
+    )
+
+
+def _index(path: Path):  # noqa: ANN202 - a test helper
+    from vbbackup.format import read_index
+
+    with open(path, "rb") as f:
+        return list(read_index(f, str(path)))
 
 
 @pytest.mark.parametrize("compressed", [False, True])

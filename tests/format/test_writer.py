@@ -41,4 +41,4 @@ def test_precompressed_chunks_need_a_compressed_stream():
     w = StreamWriter(io.BytesIO(), make_meta(1 << 20, []))
     w.begin_data(0, 3)
     with pytest.raises(ValueError, match="not compressed"):
-        w.write_compressed_chunk(compress_chunk(b"abc"), 3)
+        w.write_compressed_chunk(compress_chunk(b"abc"), b"abc")

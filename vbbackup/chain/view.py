@@ -24,6 +24,8 @@ from vbbackup.chain.regionmap import RegionMap
 from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.format import PayloadReader, StreamIndex, read_index
 from vbbackup.format.heap import keep_freed_buffers
+from vbbackup.format.sums import SumsChecker
+from vbbackup.fsutil import read_sums, sums_path
 
 _ZEROS = memoryview(bytes(1024 * 1024))
 
@@ -42,14 +44,19 @@ class PointInTimeView:
         self._fds: list[int] = []
         self._indexes: list[StreamIndex] = []
         self._readers: list[PayloadReader] = []
+        self._checkers: list[SumsChecker | None] = []
         self._cache = DecodedCache(cache_budget)
         with self._stack as stack:
             for data in point.files:
                 f = stack.enter_context(_open(data.path))
                 index = read_index(f, str(data.path))
+                reader = PayloadReader(f, index, cache_chunks=0)
                 self._fds.append(f.fileno())
                 self._indexes.append(index)
-                self._readers.append(PayloadReader(f, index, cache_chunks=0))
+                self._readers.append(reader)
+                sums = read_sums(data.path)
+                checker = None if sums is None else reader.checker(sums, str(sums_path(data.path)))
+                self._checkers.append(checker)
             if any(index.compressed for index in self._indexes):
                 keep_freed_buffers()  # decoded pieces: reuse their memory
             self.map = RegionMap(self.size, [(i.kinds, i.starts, i.lengths) for i in self._indexes])
@@ -73,6 +80,24 @@ class PointInTimeView:
     def files(self) -> tuple[str, ...]:
         return tuple(str(f.path) for f in self.point.files)
 
+    @property
+    def unchecked(self) -> tuple[str, ...]:
+        """Files without a ``.sums`` side file: their data cannot be checked as it is read."""
+        return tuple(
+            str(f.path) for f, c in zip(self.point.files, self._checkers, strict=True) if c is None
+        )
+
+    def unchecked_warning(self) -> str | None:
+        """The one line a command prints when some data is served unchecked."""
+        names = [Path(p).name for p in self.unchecked]
+        if not names:
+            return None
+        return (
+            f"warning: {', '.join(names)} {'has' if len(names) == 1 else 'have'} no checksum "
+            "file: the data cannot be checked as it is read "
+            "(`vbbackup verify --add-sums DIR` adds them)"
+        )
+
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the disk from ``offset``."""
         buf = bytearray(length)
@@ -91,8 +116,10 @@ class PointInTimeView:
             in_frame = off - index.starts[frame]
             if index.compressed:
                 self._read_compressed(dst, layer, frame, in_frame)
-            else:
+            elif (checker := self._checkers[layer]) is None:
                 self._pread(dst, layer, index.payload_pos[frame] + in_frame)
+            else:
+                self._pread_checked(dst, layer, frame, in_frame, checker)
 
     def extents(
         self, offset: int, length: int, limit: int | None = None
@@ -111,12 +138,41 @@ class PointInTimeView:
                 )
             done += got
 
+    def _pread_checked(
+        self, dst: memoryview, layer: int, frame: int, in_frame: int, checker: SumsChecker
+    ) -> None:
+        """Read whole checksum pieces around ``dst``'s range, check them, copy the range."""
+        index = self._indexes[layer]
+        p = checker.piece_size
+        lo = in_frame // p * p
+        hi = min(-(-(in_frame + len(dst)) // p) * p, index.lengths[frame])
+        pos = index.payload_pos[frame] + lo
+        if lo == in_frame and hi == in_frame + len(dst):
+            span = dst
+        else:
+            span = memoryview(bytearray(hi - lo))
+        self._pread(span, layer, pos)
+        checker.check(frame, 0, lo // p, span, index.starts[frame] + lo, pos)
+        if span is not dst:
+            dst[:] = span[in_frame - lo : in_frame - lo + len(dst)]
+
+    def _decode_checked(
+        self, layer: int, frame: int, n: int, raw_off: int, file_pos: int, csize: int, raw_len: int
+    ) -> bytes:
+        data = self._readers[layer].decode_piece(file_pos, csize, raw_len)
+        checker = self._checkers[layer]
+        if checker is not None:
+            start = self._indexes[layer].starts[frame] + raw_off
+            checker.check(frame, n, 0, data, start, file_pos, compressed=True)
+        return data
+
     def _read_compressed(self, dst: memoryview, layer: int, frame: int, offset: int) -> None:
         reader = self._readers[layer]
         end = offset + len(dst)
         for n, (raw_off, raw_len, file_pos, csize) in reader.chunks_in(frame, offset, len(dst)):
             data = self._cache.get(
-                (layer, frame, n), partial(reader.decode_piece, file_pos, csize, raw_len)
+                (layer, frame, n),
+                partial(self._decode_checked, layer, frame, n, raw_off, file_pos, csize, raw_len),
             )
             lo = max(offset, raw_off)
             hi = min(end, raw_off + raw_len)

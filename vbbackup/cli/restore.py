@@ -13,6 +13,7 @@ import click
 from vbbackup.engine.info import InfoConfig, human_size, info, render
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
+from vbbackup.engine.verify import add_sums as add_sums_to
 from vbbackup.errors import VerifyError
 
 
@@ -109,6 +110,9 @@ def restore_command(
         directory, output, until, disks, fmt, preallocate, adjust_config, name, define, uri, force
     )
     the_plan = plan(config)
+    for disk_plan in the_plan.disks:
+        if disk_plan.warning:
+            click.echo(f"{disk_plan.disk}: {disk_plan.warning}", err=True)
     display = _Display(not no_progress)
     try:
         result = restore(config, the_plan, display.restore)
@@ -140,9 +144,18 @@ def info_command(directory: Path, as_json: bool) -> None:
 @click.command("verify")
 @_backup_dir
 @click.option("--until", metavar="CHECKPOINT", help="Only the files this point needs.")
+@click.option(
+    "--add-sums",
+    is_flag=True,
+    help="Give each sound data file without one a .sums file (per-piece checksums that "
+    "restore, vbmount and consolidate check as they read).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress display.")
-def verify_command(directory: Path, until: str | None, no_progress: bool) -> None:
+def verify_command(directory: Path, until: str | None, add_sums: bool, no_progress: bool) -> None:
     """Check every data file of DIR (checksums, structure, lz4) and the chain links."""
+    if add_sums:
+        _add_sums(directory)
+        return
     config = VerifyConfig(directory, until)
     display = _Display(not no_progress)
     try:
@@ -150,7 +163,8 @@ def verify_command(directory: Path, until: str | None, no_progress: bool) -> Non
     finally:
         display.clear()
     for result in report.files:
-        mark = "BAD" if not result.sound else "ok" if result.checksum == "ok" else "ok?"
+        checked = "ok" in (result.checksum, result.sums)
+        mark = "BAD" if not result.sound else "ok" if checked else "ok?"
         click.echo(f"{mark:<3}  {result.path}")
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -158,7 +172,7 @@ def verify_command(directory: Path, until: str | None, no_progress: bool) -> Non
         click.echo(f"problem: {problem}", err=True)
     if not report.sound:
         raise VerifyError(f"{len(report.problems)} problem(s) found in {report.directory}")
-    unchecked = sum(1 for f in report.files if f.checksum == "none")
+    unchecked = sum(1 for f in report.files if f.checksum == "none" and f.sums == "none")
     if unchecked:
         click.echo(
             f"{directory}: no damage found in {len(report.files)} file(s), but {unchecked} "
@@ -166,3 +180,25 @@ def verify_command(directory: Path, until: str | None, no_progress: bool) -> Non
         )
     else:
         click.echo(f"{directory}: {len(report.files)} file(s) sound")
+
+
+def _add_sums(directory: Path) -> None:
+    result = add_sums_to(directory)
+    for path in result.added:
+        click.echo(f"added  {path.name}.sums")
+    for path in result.unchecked:
+        click.echo(
+            f"warning: {path.name} has no .chksum: its sums record the file as it is now",
+            err=True,
+        )
+    for problem in result.refused:
+        click.echo(f"problem: {problem}", err=True)
+    if result.refused:
+        raise VerifyError(
+            f"{len(result.refused)} problem(s) found in {directory}: no sums added for "
+            "damaged files"
+        )
+    click.echo(
+        f"{directory}: sums added for {len(result.added)} file(s), "
+        f"{len(result.present)} had them already"
+    )

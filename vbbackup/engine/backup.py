@@ -44,7 +44,7 @@ from vbbackup.engine.lock import domain_lock
 from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.format import StreamMeta, StreamWriter, read_index
-from vbbackup.fsutil import atomic_output, write_checksum
+from vbbackup.fsutil import atomic_output, write_stream_checks
 from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
 from vbbackup.virt import (
     BackupJob,
@@ -617,7 +617,7 @@ def _backup_disk(
                     out=out,
                 )
                 writer.finish()
-            write_checksum(plan.path, writer.checksum)
+            write_stream_checks(plan.path, writer)
         except OSError as err:
             raise VbError(f"cannot write {plan.path}: {err.strerror or err}") from None
     result = DiskResult(

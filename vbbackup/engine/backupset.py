@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vbbackup.errors import ChainError, TargetExistsError, VbError
+from vbbackup.format.sums import SUMS_SUFFIX
 from vbbackup.fsutil import PARTIAL_SUFFIX, write_small_file
 
 FULL, INC, DIFF, COPY = "full", "inc", "diff", "copy"
@@ -90,8 +91,9 @@ class BackupDir:
         for path in paths:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                path.with_name(path.name + ".chksum").unlink()
+            for side in (".chksum", SUMS_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    path.with_name(path.name + side).unlink()
 
     def log_path(self, level: str, stamp: str) -> Path:
         return self.path / f"backup.{level}.{stamp}.log"

@@ -160,12 +160,13 @@ def _write_full(item: DiskPlan) -> None:
     os.utime(partial, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     _copy_qemu_info(item)
     _remove_durably(fsutil.checksum_path(target))
+    _remove_durably(fsutil.sums_path(target))
     try:
         os.replace(partial, target)
     except OSError as err:
         raise VbError(f"cannot replace {target}: {err.strerror}") from None
     fsutil.fsync_dir(target.parent)
-    fsutil.write_checksum(target, writer.checksum)
+    fsutil.write_stream_checks(target, writer)
 
 
 def _copy_qemu_info(item: DiskPlan) -> None:

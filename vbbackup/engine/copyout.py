@@ -23,6 +23,7 @@ from vbbackup.chain import BackupSet
 from vbbackup.errors import TargetExistsError, VbError
 from vbbackup.fsutil import atomic_path
 
+PLUGIN_ERROR = "vbmount: error:"  # how the plugin reports a read it refused (damaged data)
 PLUGIN = Path(__file__).resolve().parents[2] / "nbdkit_plugin" / "vbmount.py"
 FORMATS = ("qcow2", "raw")
 
@@ -119,4 +120,7 @@ def _run(argv: list[str]) -> None:
     )
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        ours = [line for line in lines if line.startswith(PLUGIN_ERROR)]
+        if ours:  # the plugin's own line names the damaged file and offset
+            raise VbError(ours[0][len(PLUGIN_ERROR) :].strip())
         raise VbError(f"{argv[0]} failed: {lines[-1].strip() if lines else 'no message'}")

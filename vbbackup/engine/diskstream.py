@@ -159,7 +159,8 @@ def _ready(item: _Chunk | tuple[str, int, int]) -> bool:
 def _emit(writer: StreamWriter, item: _Chunk | tuple[str, int, int], progress: Progress) -> None:
     if isinstance(item, _Chunk):
         if item.frame is not None:
-            writer.write_compressed_pieces(item.frame.result(), item.raw_length)
+            raw = item.raw if item.raw is not None else b""
+            writer.write_compressed_pieces(item.frame.result(), raw[: item.raw_length])
         else:
             writer.write_chunk(item.raw if item.raw is not None else b"")
         progress(item.raw_length)

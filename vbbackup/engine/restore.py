@@ -60,6 +60,7 @@ class DiskPlan:
     image: Path
     fmt: str
     data_bytes: int
+    warning: str | None = None  # its data cannot be checked as it is read (no .sums)
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,8 @@ def plan(config: RestoreConfig) -> Plan:
         taken.add(image.name)
         with open_view(backup.directory, disk, until) as view:
             data = sum(n for _, n, zero in view.extents(0, view.size) if not zero)
-        disks.append(DiskPlan(disk, point, until, image, fmt, data))
+            warning = view.unchecked_warning()
+        disks.append(DiskPlan(disk, point, until, image, fmt, data, warning))
     domain = domainxml.domain_name(tree) if tree is not None else ""
     adjust = config.adjust_config or config.define
     if adjust and tree is None:

@@ -6,6 +6,8 @@ Per data file, in this order::
     frame headers and trailer   read_index                (structure, with position)
     meta dataSize, frame tiling                           (flipped offsets/lengths)
     every lz4 frame decoded     block + content checksums (compressed payloads)
+    every piece of decoded data vs  <file>.sums          (names file, frame and disk offset)
+    frame layout and meta       vs  <file>.sums
 
 and for the set: the chain links (see ``survey``). Without a ``.chksum``
 file (virtnbdbackup 1.9.15 writes none) a flipped byte inside an
@@ -24,7 +26,7 @@ from vbbackup.chain import COPY, DIFF, FULL, INC
 from vbbackup.engine.survey import FileEntry, Problem, Survey, survey
 from vbbackup.errors import ChainError, StreamFormatError, VbError
 from vbbackup.format import HEADER_SIZE, KIND_DATA, PayloadReader, StreamIndex, read_index
-from vbbackup.fsutil import read_checksum
+from vbbackup.fsutil import read_checksum, read_sums, sums_path, write_sums
 
 Progress = Callable[[int], None]
 _READ = 4 * 1024 * 1024
@@ -39,12 +41,14 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class FileResult:
-    """Outcome for one data file; ``checksum`` is "ok", "mismatch" or "none"."""
+    """Outcome for one data file; ``checksum`` (the whole-file adler32) and ``sums``
+    (the per-piece checksums) are each "ok", "mismatch" or "none"."""
 
     path: Path
     size: int
     checksum: str
     problems: tuple[Problem, ...]
+    sums: str = "none"
 
     @property
     def sound(self) -> bool:
@@ -87,9 +91,6 @@ def planned_bytes(config: VerifyConfig) -> int:
     """How many bytes ``verify`` will read, for a progress bar (an estimate)."""
     entries, _ = _select(survey(config.directory), config.until)
     total = 0
-    for entry in entries:
-        compressed = entry.meta is not None and entry.meta.is_compressed
-        total += entry.file_size * (int(entry.has_checksum) + int(compressed))
     return total
 
 
@@ -114,17 +115,73 @@ def verify_file(path: Path, progress: Progress | None = None) -> FileResult:
                     "the file changed after the backup wrote it",
                 )
             )
+    sums = "none"
     try:
         with open(path, "rb") as f:
             index = read_index(f, str(path))
             problems += _check_layout(index, path)
-            if index.compressed:
-                problems += _decode_all(PayloadReader(f, index, cache_chunks=0), progress)
+            reader = PayloadReader(f, index, cache_chunks=0)
+            sums, found = _check_sums(path, reader, progress)
+            problems += found
+            if index.compressed and sums == "none":
+                problems += _decode_all(reader, progress)
     except StreamFormatError as err:
-        problems.append(Problem(path, err.detail, err.position))
+        problems.append(Problem(Path(err.path), err.detail, err.position))
     except OSError as err:
         problems.append(Problem(path, f"cannot read: {err.strerror}"))
-    return FileResult(path, size, checksum, tuple(problems[:_MAX_PROBLEMS_PER_FILE]))
+    return FileResult(path, size, checksum, tuple(problems[:_MAX_PROBLEMS_PER_FILE]), sums)
+
+
+def _check_sums(
+    path: Path, reader: PayloadReader, progress: Progress | None
+) -> tuple[str, list[Problem]]:
+    """Every piece of decoded data against ``<file>.sums`` (lz4 checks come with decoding)."""
+    try:
+        sums = read_sums(path)
+        if sums is None:
+            return "none", []
+        checker = reader.checker(sums, str(sums_path(path)))
+    except StreamFormatError as err:
+        return "mismatch", [Problem(Path(err.path), err.detail, err.position)]
+    damaged = reader.damaged_pieces(checker, _MAX_PROBLEMS_PER_FILE)
+    if progress is not None:
+        progress(path.stat().st_size)
+    problems = [Problem(Path(e.path), e.detail, e.position) for e in damaged]
+    return ("mismatch" if problems else "ok"), problems
+
+
+@dataclass(frozen=True)
+class AddSumsResult:
+    added: list[Path]
+    present: list[Path]
+    refused: list[Problem]
+    unchecked: list[Path]  # no .chksum: the sums record the file as it is now
+
+
+def add_sums(directory: Path) -> AddSumsResult:
+    """``verify --add-sums``: side files for the data files without one, after a sound check.
+
+    A file is given sums only when every check ``verify`` can make passes: its
+    ``.chksum`` where there is one, its structure, and its lz4 frames.
+    """
+    found = survey(directory)
+    result = AddSumsResult([], [], [], [])
+    for entry in found.files():
+        if sums_path(entry.path).exists():
+            result.present.append(entry.path)
+            continue
+        checked = verify_file(entry.path)
+        if not checked.sound:
+            result.refused += checked.problems
+            continue
+        with open(entry.path, "rb") as f:
+            reader = PayloadReader(f, read_index(f, str(entry.path)), cache_chunks=0)
+            sums = reader.compute_sums(entry.path.name)
+        write_sums(entry.path, sums)
+        result.added.append(entry.path)
+        if checked.checksum == "none":
+            result.unchecked.append(entry.path)
+    return result
 
 
 def _adler32(path: Path, progress: Progress | None) -> int:

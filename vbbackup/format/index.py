@@ -19,6 +19,7 @@ from typing import BinaryIO, Final
 from vbbackup.errors import StreamFormatError
 from vbbackup.format import frames
 from vbbackup.format.meta import StreamMeta
+from vbbackup.format.sums import layout_digest
 
 KIND_ZERO: Final = 0
 KIND_DATA: Final = 1
@@ -53,9 +54,10 @@ class Frame:
 class StreamIndex:
     """Frames of one stream in file order, as parallel arrays."""
 
-    def __init__(self, name: str, meta: StreamMeta, file_size: int) -> None:
+    def __init__(self, name: str, meta: StreamMeta, file_size: int, meta_json: bytes = b"") -> None:
         self.name = name
         self.meta = meta
+        self.meta_json = meta_json
         self.file_size = file_size
         self.kinds = bytearray()
         self.starts = array("Q")
@@ -98,6 +100,13 @@ class StreamIndex:
     def __iter__(self) -> Iterator[Frame]:
         for i in range(len(self)):
             yield self.frame(i)
+
+    def layout_digest(self) -> bytes:
+        """What a ``.sums`` file records of this stream's headers (see ``format.sums``)."""
+        return layout_digest(
+            self.meta_json, self.kinds, self.starts, self.lengths, self.payload_size,
+            self.chunk_sizes,
+        )  # fmt: skip
 
     @property
     def data_size(self) -> int:
@@ -158,7 +167,7 @@ def _parse(pread: PreadFn, size: int, path: str) -> StreamIndex:
         raise StreamFormatError(path, pos, "meta JSON not followed by CRLF")
     pos += 2
 
-    index = StreamIndex(path, meta, size)
+    index = StreamIndex(path, meta, size, bytes(raw_meta[:meta_len]))
     trailer: list[int | dict[str, list[int]]] | None = None
     end = size  # where the stop frame's stream must end
     if meta.is_compressed:

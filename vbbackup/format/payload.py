@@ -21,6 +21,7 @@ from vbbackup.format.compression import (
     decompress_chunk,
 )
 from vbbackup.format.index import KIND_DATA, StreamIndex
+from vbbackup.format.sums import PieceHasher, Sums, SumsChecker
 
 # Uncompressed payloads are handed out in pieces of at most this size.
 READ_PIECE = 4 * 1024 * 1024
@@ -47,6 +48,20 @@ class PayloadReader:
         self._offsets: dict[int, list[int]] = {}
         self._cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._cache_max = cache_chunks
+
+    def checker(self, sums: Sums, sums_name: str) -> SumsChecker:
+        """A checker of this stream's decoded units against ``sums`` (layout checked now)."""
+        index = self.index
+        return SumsChecker(
+            sums,
+            sums_name,
+            index.name,
+            index.layout_digest(),
+            index.kinds,
+            index.lengths,
+            multi_unit=list(index.chunk_sizes),
+            units=lambda i: [entry[1] for entry in self.chunk_layout(i)],
+        )
 
     def pread(self, size: int, pos: int) -> bytes:
         if self._fd is not None:
@@ -184,3 +199,57 @@ class PayloadReader:
                 idx.positions[i],
                 f"lz4 frames decode to {total} bytes, frame header says {idx.lengths[i]}",
             )
+
+    def units(self, i: int) -> Iterator[tuple[int, int, int, int, bytes]]:
+        """Data frame i decoded unit by unit (see ``format.sums``), in bounded pieces.
+
+        Yields ``(unit, offset in the unit, offset in the frame, file position,
+        bytes)``; an uncompressed frame is one unit read in ``READ_PIECE`` pieces.
+        """
+        idx = self.index
+        if not idx.compressed:
+            offset = 0
+            for data in self.iter_chunks(i):
+                yield 0, offset, offset, idx.payload_pos[i] + offset, data
+                offset += len(data)
+            return
+        for n, (raw_off, raw_len, file_pos, csize) in enumerate(self.chunk_layout(i)):
+            yield n, 0, raw_off, file_pos, self.decode_piece(file_pos, csize, raw_len)
+
+    def compute_sums(self, data_file: str) -> Sums:
+        """Checksums of every decoded piece as the file is now (``verify --add-sums``)."""
+        hasher = PieceHasher()
+        for i in range(len(self.index)):
+            if self.index.kinds[i] != KIND_DATA:
+                continue
+            last = -1
+            for unit, _offset, _in_frame, _pos, data in self.units(i):
+                if unit != last:
+                    if last >= 0:
+                        hasher.end_unit()
+                    hasher.start_unit()
+                    last = unit
+                hasher.update(data)
+            hasher.end_unit()
+        return Sums(data_file, self.index.layout_digest(), bytes(hasher.digests),
+                    hasher.piece_size)  # fmt: skip
+
+    def damaged_pieces(self, checker: SumsChecker, limit: int) -> list[StreamFormatError]:
+        """Every piece whose bytes differ from ``checker``'s sums, and every frame that
+        does not decode (at most ``limit``)."""
+        idx = self.index
+        p = checker.piece_size
+        found: list[StreamFormatError] = []
+        for i in range(len(idx)):
+            if idx.kinds[i] != KIND_DATA:
+                continue
+            try:
+                for unit, offset, in_frame, pos, data in self.units(i):
+                    found += checker.damaged(i, unit, offset // p, data,
+                                             idx.starts[i] + in_frame, pos,
+                                             compressed=idx.compressed)  # fmt: skip
+            except StreamFormatError as err:
+                found.append(err)
+            if len(found) >= limit:
+                return found[:limit]
+        return found

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import json
 import zlib
+from array import array
 from typing import BinaryIO
 
 from vbbackup.format import frames
 from vbbackup.format.compression import MAX_CHUNK, PIECE, compress_pieces
 from vbbackup.format.meta import StreamMeta
+from vbbackup.format.sums import PieceHasher, Sums, layout_digest
+
+_KIND_ZERO, _KIND_DATA = 0, 1
 
 TrailerEntry = int | dict[str, list[int]]
 
@@ -26,7 +30,8 @@ class StreamWriter:
     """Writes frames in order; keeps a running adler32 of all bytes written.
 
     Data ranges are written in pieces (``write_chunk``) so that no caller
-    ever holds a whole extent in memory.
+    ever holds a whole extent in memory. It also records what ``sums()``
+    returns: a digest of every piece of decoded data and of the frame layout.
     """
 
     def __init__(self, fileobj: BinaryIO, meta: StreamMeta) -> None:
@@ -40,7 +45,12 @@ class StreamWriter:
         self._open_length = 0
         self._open_done = 0
         self._finished = False
-        payload = meta.to_json()
+        self._hasher = PieceHasher()
+        self._kinds = bytearray()
+        self._starts = array("Q")
+        self._lengths = array("Q")
+        self._psizes = array("Q")
+        payload = self._meta_json = meta.to_json()
         self._write(frames.encode_header(frames.META, 0, len(payload)))
         self._write(payload)
         self._write(frames.TERM)
@@ -54,6 +64,12 @@ class StreamWriter:
         self.checksum = zlib.adler32(data, self.checksum)
         self.bytes_written += len(data)
 
+    def _frame(self, kind: int, start: int, length: int, payload: int) -> None:
+        self._kinds.append(kind)
+        self._starts.append(start)
+        self._lengths.append(length)
+        self._psizes.append(payload)
+
     def _check_idle(self) -> None:
         if self._finished:
             raise ValueError("stream already finished")
@@ -66,6 +82,7 @@ class StreamWriter:
         if length <= 0:
             raise ValueError("zero frame needs a positive length")
         self._write(frames.encode_header(frames.ZERO, start, length))
+        self._frame(_KIND_ZERO, start, length, 0)
 
     def begin_data(self, start: int, length: int) -> None:
         """Open a data range [start, start+length); fill with chunks.
@@ -79,6 +96,8 @@ class StreamWriter:
             raise ValueError("data frame needs a positive length")
         if not self.compressed:
             self._write(frames.encode_header(frames.DATA, start, length))
+            self._frame(_KIND_DATA, start, length, length)
+            self._hasher.start_unit()
         self._open_start = start
         self._open_length = length
         self._open_done = 0
@@ -86,15 +105,18 @@ class StreamWriter:
     def write_chunk(self, raw: bytes | bytearray | memoryview) -> None:
         """Next piece of the open frame; compressed here if the stream is."""
         if self.compressed:
-            self.write_compressed_pieces(compress_pieces(raw, int(self.meta.compressed)), len(raw))
+            lz4_frames = compress_pieces(raw, int(self.meta.compressed))
+            self.write_compressed_pieces(lz4_frames, raw)
         else:
             self._advance(len(raw))
             self._write(raw)
+            self._hasher.update(raw)
 
-    def write_compressed_chunk(self, frame: bytes, raw_length: int) -> None:
-        """Next piece of the open range, made by ``compress_chunk``: a data frame of its own."""
+    def write_compressed_chunk(self, frame: bytes, raw: bytes | bytearray | memoryview) -> None:
+        """Next piece of the open range: ``raw`` and its lz4 frame, a data frame of its own."""
         if not self.compressed:
             raise ValueError("stream is not compressed")
+        raw_length = len(raw)
         if raw_length > MAX_CHUNK:
             raise ValueError(f"compressed piece covers {raw_length} bytes > {MAX_CHUNK}")
         piece_start = self._open_start + self._open_done
@@ -103,15 +125,23 @@ class StreamWriter:
         self._write(frame)
         self._write(frames.TERM)
         self._trailer.append(len(frame))
+        self._frame(_KIND_DATA, piece_start, raw_length, len(frame))
+        self._hasher.unit(raw)
 
-    def write_compressed_pieces(self, lz4_frames: list[bytes], raw_length: int) -> None:
-        """``compress_pieces``' frames of ``raw_length`` bytes: ``PIECE`` bytes each."""
+    def write_compressed_pieces(
+        self, lz4_frames: list[bytes], raw: bytes | bytearray | memoryview
+    ) -> None:
+        """``compress_pieces(raw)``' frames: ``PIECE`` bytes of ``raw`` each."""
+        mv = memoryview(raw).cast("B")
+        pos = 0
         for frame in lz4_frames:
-            n = min(PIECE, raw_length)
-            self.write_compressed_chunk(frame, n)
-            raw_length -= n
-        if raw_length:
-            raise ValueError(f"compressed pieces are {raw_length} bytes short")
+            n = min(PIECE, len(mv) - pos)
+            if n <= 0:
+                raise ValueError("more compressed pieces than data")
+            self.write_compressed_chunk(frame, mv[pos : pos + n])
+            pos += n
+        if pos != len(mv):
+            raise ValueError(f"compressed pieces are {len(mv) - pos} bytes short")
 
     def _advance(self, raw_length: int) -> None:
         if self._open_start < 0:
@@ -136,6 +166,7 @@ class StreamWriter:
             )
         if not self.compressed:
             self._write(frames.TERM)
+            self._hasher.end_unit()
         self.data_bytes += self._open_length
         self._open_start = -1
 
@@ -157,3 +188,13 @@ class StreamWriter:
             self._write(frames.TERM)
             self._write(frames.encode_header(frames.COMP, 0, len(trailer)))
         self._finished = True
+
+    def sums(self, data_file: str) -> Sums:
+        """The ``.sums`` side file of the finished stream (``data_file``: its base name)."""
+        if not self._finished:
+            raise ValueError("stream not finished")
+        layout = layout_digest(
+            self._meta_json, self._kinds, self._starts, self._lengths, self._psizes, {}
+        )
+        return Sums(data_file=data_file, layout=layout, digests=bytes(self._hasher.digests),
+                    piece_size=self._hasher.piece_size)  # fmt: skip
