@@ -134,7 +134,7 @@ def test_restore_then_refuse_then_force(backup: Path, tmp_path: Path) -> None:
 
 
 def test_verify_without_checksums_does_not_claim_sound(backup: Path) -> None:
-    for path in backup.glob("*.chksum"):
+    for path in [*backup.glob("*.chksum"), *backup.glob("*.sums")]:
         path.unlink()
     result = run("verify", str(backup))
     assert result.exit_code == 0, result.output
@@ -144,3 +144,31 @@ def test_verify_without_checksums_does_not_claim_sound(backup: Path) -> None:
         f"{backup}: no damage found in 2 file(s), but 2 have no checksum file: "
         "some damage in them cannot be detected (see the warnings)"
     )
+
+
+def test_add_sums_then_damage_is_named(backup: Path) -> None:
+    """A set made without side files (virtnbdbackup 1.9.15): --add-sums, then every read checks."""
+    for path in [*backup.glob("*.chksum"), *backup.glob("*.sums")]:
+        path.unlink()
+    added = run("verify", str(backup), "--add-sums")
+    assert added.exit_code == 0, added.output
+    assert "added  vda.full.data.sums" in added.output
+    assert "warning: vda.full.data has no .chksum: its sums record the file as it is now" in (
+        added.output
+    )
+    assert added.output.splitlines()[-1] == f"{backup}: sums added for 2 file(s), 0 had them already"
+    again = run("verify", str(backup), "--add-sums")
+    assert again.output.splitlines()[-1] == f"{backup}: sums added for 0 file(s), 2 had them already"
+    assert run("verify", str(backup)).output.splitlines()[-1] == f"{backup}: 2 file(s) sound"
+    path = backup / "vda.inc.virtnbdbackup.1.data"
+    data = bytearray(path.read_bytes())
+    data[-200] ^= 1  # inside the last lz4 frame's payload
+    path.write_bytes(bytes(data))
+    result = run("verify", str(backup))
+    assert result.exit_code == 9
+    assert f"problem: {path}: at byte " in result.output
+    out = backup.parent / "out"
+    restored = run("restore", str(backup), "-o", str(out), "--format", "raw")
+    assert restored.exit_code != 0
+    assert restored.output.startswith(f"vbbackup: error: {path}: at byte "), restored.output
+    assert not (out / "vda.raw").exists()

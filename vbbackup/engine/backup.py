@@ -22,6 +22,7 @@ from typing import Any
 
 import libvirt
 
+from vbbackup.chain import BackupSet, PointInTimeView
 from vbbackup.engine.backup_ops import (
     BackupOptions,
     BrokenChainError,
@@ -42,7 +43,14 @@ from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import domain_lock
 from vbbackup.engine.writeback import WritebackFile
-from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
+from vbbackup.errors import (
+    ChainError,
+    LibvirtError,
+    StreamFormatError,
+    TargetExistsError,
+    UsageError,
+    VbError,
+)
 from vbbackup.format import StreamMeta, StreamWriter, read_index
 from vbbackup.fsutil import atomic_output, write_stream_checks
 from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
@@ -58,7 +66,14 @@ from vbbackup.virt import (
     lookup_domain,
 )
 from vbbackup.virt.bootfiles import save_boot_files
-from vbbackup.virt.checkpoints import checkpoint_name, checkpoint_xml
+from vbbackup.virt.checkpoints import (
+    chain_of,
+    checkpoint_name,
+    checkpoint_xml,
+    following,
+    identity_mismatch,
+    new_chain_id,
+)
 from vbbackup.virt.imageinfo import qcow2_compat
 from vbbackup.virt.job import end_stale_job
 from vbbackup.virt.remote import ssh_prefix
@@ -239,6 +254,7 @@ class _Run:
             stack.enter_context(_run_log(self.out, self.level))
         if self.level in (INC, DIFF):
             _require_chain(self.out, self.out.checkpoints())
+            _require_whole_chain(self.out, self.out.checkpoints())
         log.info("vbbackup %s of %s into %s", self.level, self.config.domain, self.out.path)
 
     def _inspect_domain(self, stack: ExitStack) -> None:
@@ -443,12 +459,9 @@ def _plan_checkpoints(
     """(incremental parent, checkpoint to create, checkpoint name for the meta)."""
     if level == COPY:
         return None, None, checkpoint_name(0)  # what virtnbdbackup writes in a copy's meta
-    if level == FULL:
+    if level == FULL:  # a chain of its own: other chains' checkpoints stay (see virt.checkpoints)
         out.check_new_chain()
-        deleted = cps.delete([*cps.names(), *chain])
-        if deleted:
-            reporter.info(f"deleted the old chain's checkpoints {', '.join(deleted)}")
-        first = checkpoint_name(0)
+        first = checkpoint_name(0, f"vbbackup.{new_chain_id()}")
         return None, first, first
     _require_chain(out, chain)
     for d in disks:
@@ -458,16 +471,53 @@ def _plan_checkpoints(
                 "start a new chain with `vbbackup full` into a new directory"
             )
     parent = chain[-1]
-    index = checkpoint_index(parent)
-    if index is None:
-        raise ChainError(f"{out.cpt_path}: {parent!r} is not a virtnbdbackup.N checkpoint")
+    index, nxt = checkpoint_index(parent), following(parent)
+    if index is None or nxt is None:
+        raise ChainError(f"{out.cpt_path}: {parent!r} is not a backup checkpoint name")
     _ensure_chain_checkpoints(out, cps, chain)
-    stale = [n for n in cps.names() if n not in chain]
+    _prove_identity(out, cps, parent)
+    stale = [
+        n
+        for n in cps.names(chain_of(parent))
+        if n not in chain and (checkpoint_index(n) or 0) > index
+    ]
     if stale:
         cps.delete(stale)
         reporter.info(f"deleted checkpoints {', '.join(stale)} of a run that did not finish")
-    following = checkpoint_name(index + 1)
-    return parent, (following if level == INC else None), following
+    return parent, (nxt if level == INC else None), nxt
+
+
+def _prove_identity(out: BackupDir, cps: Checkpoints, parent: str) -> None:
+    """The libvirt checkpoint an inc/diff reads from is the one this set recorded.
+
+    Checkpoint names are reused (another set's full, virtnbdbackup): a bitmap of
+    the same name from another chain would give an incremental that misses writes.
+    """
+    saved = out.checkpoint_xml(parent)
+    if saved is None:
+        raise BrokenChainError(
+            f"{out.checkpoint_dir}/{parent}.xml is missing: nothing proves that libvirt's "
+            f"checkpoint {parent} belongs to the chain in {out.path}"
+        )
+    mismatch = identity_mismatch(parent, saved, cps.dump(parent))
+    if mismatch:
+        raise BrokenChainError(f"{mismatch}; an incremental from it would miss changes")
+
+
+def _require_whole_chain(out: BackupDir, chain: list[str]) -> None:
+    """A chain with a hole, or whose newest file is damaged, is never extended."""
+    try:
+        backup = BackupSet(out.path)
+        for disk in backup.disks:
+            if not out.data_path(disk, FULL, "").exists():
+                continue  # a --raw disk's copy: no chain
+            with PointInTimeView(backup.resolve(disk, chain[-1])):
+                pass  # every file indexed, layouts checked against their .sums
+    except (ChainError, StreamFormatError) as err:
+        raise ChainError(
+            f"cannot extend the chain in {out.path}: {err}; the points before the problem "
+            f"still restore: start a new chain with `vbbackup full {out.domain} -o NEW_DIR`"
+        ) from None
 
 
 def _require_chain(out: BackupDir, chain: list[str]) -> None:

@@ -82,7 +82,7 @@ def verify(config: VerifyConfig, progress: Progress | None = None) -> VerifyRepo
     for entry in entries:
         result = verify_file(entry.path, progress)
         report.files.append(result)
-        if result.checksum == "none":
+        if result.checksum == "none" and result.sums == "none":
             report.warnings.append(_no_checksum_warning(entry))
     return report
 
