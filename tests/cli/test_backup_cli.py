@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.engine.test_backup import reconstruct
+from tests.harness.backup import cp
 from tests.harness.compare import assert_identical
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.cli import main
@@ -94,7 +95,7 @@ def test_user_errors_on_a_real_vm(make_vm, tmp_path: Path) -> None:  # type: ign
     assert code == 0, err
     assert err == ""
     summary = json.loads(stdout)
-    assert summary["checkpoint"] == "virtnbdbackup.0"
+    assert summary["checkpoint"] == cp(out, 0)
     assert summary["skipped"]["vdb"].startswith("raw image cannot carry checkpoints")
     code, _, err = run("full", vm.name, "-o", str(out))
     assert code == 5
@@ -208,13 +209,13 @@ def test_sigkill_mid_disk_then_the_next_runs_recover(make_vm, tmp_path: Path) ->
 
     code, _, err = run("inc", vm.name, "-o", str(out), "--no-progress")
     assert code == 0, err
-    assert "deleted checkpoints virtnbdbackup.1 of a run that did not finish" in err
+    assert f"deleted checkpoints {cp(out, 1)} of a run that did not finish" in err
     names = sorted(cp.getName() for cp in vm.dom.listAllCheckpoints())
-    assert names == ["virtnbdbackup.0", "virtnbdbackup.1"]
+    assert names == [cp(out, 0), cp(out, 1)]
     assert json.loads((out / f"{vm.name}.cpt").read_text()) == names
     files = [out / "vda.full.data"]
     assert_identical(reconstruct(files, 64 * MiB, tmp_path / "0.raw"), full_expected, fmt="raw")
-    files.append(out / "vda.inc.virtnbdbackup.1.data")
+    files.append(out / f"vda.inc.{cp(out, 1)}.data")
     got = reconstruct(files, 64 * MiB, tmp_path / "1.raw")
     assert_identical(got, vm.expected("vda"), fmt="raw")
 

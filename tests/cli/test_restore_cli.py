@@ -156,9 +156,11 @@ def test_add_sums_then_damage_is_named(backup: Path) -> None:
     assert "warning: vda.full.data has no .chksum: its sums record the file as it is now" in (
         added.output
     )
-    assert added.output.splitlines()[-1] == f"{backup}: sums added for 2 file(s), 0 had them already"
+    last = added.output.splitlines()[-1]
+    assert last == f"{backup}: sums added for 2 file(s), 0 had them already"
     again = run("verify", str(backup), "--add-sums")
-    assert again.output.splitlines()[-1] == f"{backup}: sums added for 0 file(s), 2 had them already"
+    last = again.output.splitlines()[-1]
+    assert last == f"{backup}: sums added for 0 file(s), 2 had them already"
     assert run("verify", str(backup)).output.splitlines()[-1] == f"{backup}: 2 file(s) sound"
     path = backup / "vda.inc.virtnbdbackup.1.data"
     data = bytearray(path.read_bytes())

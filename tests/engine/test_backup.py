@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import libvirt
 import pytest
 
+from tests.harness.backup import cp
 from tests.harness.compare import assert_identical
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.chain import open_view
@@ -73,8 +75,9 @@ def test_chain_reconstructs_every_checkpoint(make_vm, tmp_path: Path, compress) 
     result = backup(vm, "full", out, compress=compress)
     assert [d.target for d in result.disks] == ["vda", "vdb"]
     assert set(result.skipped) == {"vdc", "hdc"}
-    assert result.checkpoint == "virtnbdbackup.0"
-    expected["virtnbdbackup.0"] = {t: vm.expected(t) for t in ("vda", "vdb")}
+    assert re.fullmatch(r"vbbackup\.[0-9a-f]{8}\.0", result.checkpoint or "")
+    chain = result.checkpoint.rsplit(".", 1)[0]
+    expected[result.checkpoint] = {t: vm.expected(t) for t in ("vda", "vdb")}
 
     for n in (1, 2, 3):
         random_writes(vm, rng, "vda", 6)
@@ -83,7 +86,7 @@ def test_chain_reconstructs_every_checkpoint(make_vm, tmp_path: Path, compress) 
             vm.discard("vda", 0, 4 * MiB)
             vm.discard("vdb", 3 * MiB, 512 * 1024)
         result = backup(vm, "inc", out, compress=compress)
-        assert result.checkpoint == f"virtnbdbackup.{n}"
+        assert result.checkpoint == f"{chain}.{n}"
         expected[result.checkpoint] = {t: vm.expected(t) for t in ("vda", "vdb")}
 
     random_writes(vm, rng, "vda", 3)
@@ -91,32 +94,30 @@ def test_chain_reconstructs_every_checkpoint(make_vm, tmp_path: Path, compress) 
     assert diff.checkpoint is None
     expected_diff = {t: vm.expected(t) for t in ("vda", "vdb")}
 
-    assert json.loads((out / f"{vm.name}.cpt").read_text()) == [
-        f"virtnbdbackup.{n}" for n in range(4)
-    ]
+    assert json.loads((out / f"{vm.name}.cpt").read_text()) == [f"{chain}.{n}" for n in range(4)]
     for n in range(4):
-        assert (out / "checkpoints" / f"virtnbdbackup.{n}.xml").exists()
-        assert (out / f"vmconfig.virtnbdbackup.{n}.xml").exists()
-    assert (out / "vda.virtnbdbackup.0.qcow.json").exists()
+        assert (out / "checkpoints" / f"{chain}.{n}.xml").exists()
+        assert (out / f"vmconfig.{chain}.{n}.xml").exists()
+    assert (out / f"vda.{chain}.0.qcow.json").exists()
     assert list(out.glob("backup.full.*.log"))
     assert not list(out.glob("*.partial"))
     names = [cp.getName() for cp in vm.dom.listAllCheckpoints()]
-    assert sorted(names) == [f"virtnbdbackup.{n}" for n in range(4)]
+    assert sorted(names) == [f"{chain}.{n}" for n in range(4)]
 
     for target in ("vda", "vdb"):
         size = vm.disk_size(target)
         files = [out / f"{target}.full.data"]
         for n in range(4):
             if n:
-                files.append(out / f"{target}.inc.virtnbdbackup.{n}.data")
+                files.append(out / f"{target}.inc.{chain}.{n}.data")
             got = reconstruct(files, size, tmp_path / f"{target}.{n}.raw")
-            assert_identical(got, expected[f"virtnbdbackup.{n}"][target], fmt="raw")
+            assert_identical(got, expected[f"{chain}.{n}"][target], fmt="raw")
         diff_file = Path(next(d.path for d in diff.disks if d.target == target))
         got = reconstruct([*files, diff_file], size, tmp_path / f"{target}.diff.raw")
         assert_identical(got, expected_diff[target], fmt="raw")
         m = meta(diff_file)
         assert (m.checkpoint_name, m.parent_checkpoint, m.incremental) == (
-            "virtnbdbackup.4", "virtnbdbackup.3", True,
+            f"{chain}.4", f"{chain}.3", True,
         )  # fmt: skip
         assert bool(m.compressed) == bool(compress)
 
@@ -147,7 +148,7 @@ def test_auto_starts_a_chain_then_continues_it(make_vm, tmp_path: Path) -> None:
     second = backup(vm, "auto", out)
     assert second.level == "inc"
     assert second.disks[0].data_bytes == 64 * 1024
-    files = [out / "vda.full.data", out / "vda.inc.virtnbdbackup.1.data"]
+    files = [out / "vda.full.data", out / f"vda.inc.{cp(out, 1)}.data"]
     got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
     assert_identical(got, vm.expected("vda"), fmt="raw")
 
@@ -161,7 +162,7 @@ def test_no_sparse_detection_writes_discarded_ranges_as_data(make_vm, tmp_path: 
     result = backup(vm, "inc", out, sparse_detection=False)
     assert result.disks[0].data_bytes >= 1 * MiB
     assert result.disks[0].zero_bytes == 0
-    files = [out / "vda.full.data", out / "vda.inc.virtnbdbackup.1.data"]
+    files = [out / "vda.full.data", out / f"vda.inc.{cp(out, 1)}.data"]
     got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
     assert_identical(got, vm.expected("vda"), fmt="raw")
     assert os.path.getsize(files[1]) > 1 * MiB
@@ -174,15 +175,15 @@ def test_inc_redefines_checkpoints_libvirt_lost(make_vm, tmp_path: Path) -> None
     backup(vm, "full", out)
     vm.write_pattern("vda", 2 * MiB, 1 * MiB, 0x22)
     backup(vm, "inc", out)
-    for name in ("virtnbdbackup.1", "virtnbdbackup.0"):  # libvirtd forgets, bitmaps stay
+    for name in (cp(out, 1), cp(out, 0)):  # libvirtd forgets, bitmaps stay
         vm.dom.checkpointLookupByName(name).delete(
             libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
         )
     assert vm.dom.listAllCheckpoints() == []
     vm.write_pattern("vda", 5 * MiB, 64 * 1024, 0x23)
     result = backup(vm, "inc", out)
-    assert result.checkpoint == "virtnbdbackup.2"
+    assert result.checkpoint == cp(out, 2)
     assert result.disks[0].data_bytes == 64 * 1024
-    files = [out / "vda.full.data"] + [out / f"vda.inc.virtnbdbackup.{n}.data" for n in (1, 2)]
+    files = [out / "vda.full.data"] + [out / f"vda.inc.{cp(out, n)}.data" for n in (1, 2)]
     got = reconstruct(files, 16 * MiB, tmp_path / "a.raw")
     assert_identical(got, vm.expected("vda"), fmt="raw")

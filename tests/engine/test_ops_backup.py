@@ -10,7 +10,7 @@ import libvirt_qemu
 import pytest
 from click.testing import CliRunner
 
-from tests.harness.backup import pull_backup
+from tests.harness.backup import cp, pull_backup
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.chain import open_view, read_meta
 from vbbackup.cli import main
@@ -57,8 +57,8 @@ def test_shut_off_domain_full_and_inc_with_start_domain(make_vm, tmp_path: Path)
     code, text = run("inc", vm.name, "-o", str(out), "--start-domain", "--no-progress")
     assert code == 0, text
     assert not vm.dom.isActive()
-    assert _reads_as(out, "virtnbdbackup.0", first)
-    assert _reads_as(out, "virtnbdbackup.1", second)
+    assert _reads_as(out, cp(out, 0), first)
+    assert _reads_as(out, cp(out, 1), second)
 
 
 def test_estimate_writes_nothing_and_threshold_skips(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -70,25 +70,25 @@ def test_estimate_writes_nothing_and_threshold_skips(make_vm, tmp_path: Path) ->
     assert "--estimate and --threshold apply to inc and diff backups; this run is a full" in text
     vm.write_pattern("vda", MiB, 2 * MiB, 0x33)
     before = sorted(p.name for p in out.rglob("*"))
-    estimate = f"estimate: {2 * MiB} bytes changed since virtnbdbackup.0 (vda {2 * MiB})\n"
+    estimate = f"estimate: {2 * MiB} bytes changed since {cp(out, 0)} (vda {2 * MiB})\n"
     invoke = CliRunner(mix_stderr=False).invoke
     quiet = invoke(main, ["inc", vm.name, "-o", str(out), "-q", "--estimate"])
     assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, estimate, "")  # -q: still shown
     as_json = invoke(main, ["inc", vm.name, "-o", str(out), "--estimate", "--json"])
     assert as_json.exit_code == 0, as_json.stderr
     assert json.loads(as_json.stdout)["estimate"] == {
-        "since": "virtnbdbackup.0",
+        "since": cp(out, 0),
         "disks": {"vda": 2 * MiB},
         "bytes": 2 * MiB,
     }
     assert sorted(p.name for p in out.rglob("*")) == before
     code, text = run("inc", vm.name, "-o", str(out), "--threshold", str(3 * MiB))
     assert code == 0, text
-    assert f"skipped: {2 * MiB} bytes changed since virtnbdbackup.0, less than" in text
+    assert f"skipped: {2 * MiB} bytes changed since {cp(out, 0)}, less than" in text
     assert not list(out.glob("vda.inc.*"))
     code, text = run("inc", vm.name, "-o", str(out), "--threshold", str(MiB), "--no-progress")
     assert code == 0, text
-    written = read_meta(out / "vda.inc.virtnbdbackup.1.data").data_size
+    written = read_meta(out / f"vda.inc.{cp(out, 1)}.data").data_size
     assert abs(written - 2 * MiB) <= 64 * 1024  # the estimate was within a bitmap granule
 
 
@@ -103,22 +103,22 @@ def test_missing_bitmap_falls_back_to_a_new_chain(make_vm, tmp_path: Path) -> No
     vm = _vm(make_vm)
     out = tmp_path / "set"
     assert run("full", vm.name, "-o", str(out), "--no-progress")[0] == 0
-    _remove_bitmap(vm, "virtnbdbackup.0")
+    _remove_bitmap(vm, cp(out, 0))
     vm.write_pattern("vda", 0, MiB, 0x44)
     expected = vm.expected("vda")
     code, text = run("inc", vm.name, "-o", str(out), "--no-fallback", "--no-progress")
     assert code == 4
     assert text.splitlines()[-1] == (
-        "vbbackup: error: the bitmap of checkpoint virtnbdbackup.0 is missing or broken in "
+        f"vbbackup: error: the bitmap of checkpoint {cp(out, 0)} is missing or broken in "
         f"QEMU for disk vda of {vm.name}: no incremental backup can be read from it; start a "
         "new chain with `vbbackup full` (--no-fallback)"
     )
     code, text = run("inc", vm.name, "-o", str(out), "--no-progress")
     assert code == 0, text
-    assert "warning: the bitmap of checkpoint virtnbdbackup.0 is missing" in text
+    assert f"warning: the bitmap of checkpoint {cp(out, 0)} is missing" in text
     assert f"falling back to a full backup into a new chain: {tmp_path / 'set.1'}" in text
     assert not list(out.glob("vda.inc.*"))  # the old chain is left as it was
-    assert _reads_as(tmp_path / "set.1", "virtnbdbackup.0", expected)
+    assert _reads_as(tmp_path / "set.1", cp(tmp_path / "set.1", 0), expected)
 
 
 def test_checkpointdir_keeps_the_xml_elsewhere_and_redefines_from_it(
@@ -128,17 +128,17 @@ def test_checkpointdir_keeps_the_xml_elsewhere_and_redefines_from_it(
     out, cps = tmp_path / "set", tmp_path / "cps"
     args = ["-o", str(out), "--checkpointdir", str(cps), "--no-progress"]
     assert run("full", vm.name, *args)[0] == 0
-    assert [p.name for p in cps.iterdir()] == ["virtnbdbackup.0.xml"]
+    assert [p.name for p in cps.iterdir()] == [f"{cp(out, 0)}.xml"]
     assert not list((out / "checkpoints").glob("*.xml")) if (out / "checkpoints").exists() else True
-    vm.dom.checkpointLookupByName("virtnbdbackup.0").delete(
+    vm.dom.checkpointLookupByName(cp(out, 0)).delete(
         libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
     )
     vm.write_pattern("vda", 2 * MiB, MiB, 0x55)
     expected = vm.expected("vda")
     code, text = run("inc", vm.name, *args)
     assert code == 0, text
-    assert _reads_as(out, "virtnbdbackup.1", expected)
-    assert sorted(p.name for p in cps.iterdir()) == ["virtnbdbackup.0.xml", "virtnbdbackup.1.xml"]
+    assert _reads_as(out, cp(out, 1), expected)
+    assert sorted(p.name for p in cps.iterdir()) == [f"{cp(out, 0)}.xml", f"{cp(out, 1)}.xml"]
 
 
 def test_foreign_job_needs_kill_jobs(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -178,17 +178,16 @@ def test_lost_checkpoint_without_xml_falls_back(make_vm, tmp_path: Path) -> None
     vm = _vm(make_vm)
     out = tmp_path / "set"
     assert run("auto", vm.name, "-o", str(out), "--no-progress")[0] == 0
-    vm.dom.checkpointLookupByName("virtnbdbackup.0").delete(
+    vm.dom.checkpointLookupByName(cp(out, 0)).delete(
         libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
     )
-    (out / "checkpoints" / "virtnbdbackup.0.xml").unlink()
+    (out / "checkpoints" / f"{cp(out, 0)}.xml").unlink()
     vm.write_pattern("vda", 0, MiB, 0x66)
     expected = vm.expected("vda")
     code, text = run("auto", vm.name, "-o", str(out), "--no-progress")
     assert code == 0, text
-    assert "warning: checkpoint virtnbdbackup.0 of the chain" in text
-    assert "vda: removed bitmap virtnbdbackup.0 that no checkpoint owned" in text
-    assert _reads_as(tmp_path / "set.1", "virtnbdbackup.0", expected)
+    assert f"warning: checkpoint {cp(out, 0)} of the chain" in text
+    assert _reads_as(tmp_path / "set.1", cp(tmp_path / "set.1", 0), expected)
 
 
 def test_copy_of_a_shut_off_domain_needs_no_option(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -213,5 +212,5 @@ def test_auto_with_threshold_starts_the_chain_then_skips(make_vm, tmp_path: Path
     vm.write_pattern("vda", 0, 64 * 1024, 0x12)
     code, text = run(*args)
     assert code == 0, text
-    assert "skipped: 65536 bytes changed since virtnbdbackup.0" in text
+    assert f"skipped: 65536 bytes changed since {cp(out, 0)}" in text
     assert not list(out.glob("vda.inc.*"))

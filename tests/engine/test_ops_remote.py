@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.harness.backup import cp
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.chain import open_view
 from vbbackup.cli import main
@@ -94,10 +95,10 @@ def test_full_and_inc_of_a_domain_over_ssh_and_tcp(
     second = vm.expected("vda")
     code, text = run("inc", vm.name, "-c", uri, "-o", str(out), *tcp)
     assert code == 0, text
-    for name, expected in (("virtnbdbackup.0", first), ("virtnbdbackup.1", second)):
+    for name, expected in ((cp(out, 0), first), (cp(out, 1), second)):
         with open_view(out, until=name) as view:
             assert view.read(0, view.size) == expected.read_bytes(), name
-    assert (out / "vda.virtnbdbackup.1.qcow.json").exists()  # qemu-img info over ssh
+    assert (out / f"vda.{cp(out, 1)}.qcow.json").exists()  # qemu-img info over ssh
     # libvirt's connection and our qemu-img commands each logged in through the sshd
     assert log.read_text().count("Accepted publickey for root") >= 4
 

@@ -17,6 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.harness.backup import cp
 from tests.harness.compare import assert_identical
 from tests.harness.fixtures import require
 from tests.harness.vm import DiskSpec, TestVM
@@ -66,7 +67,7 @@ def chain(
                 scratch_dir=vm.dir,
             )
         )
-        name = f"virtnbdbackup.{k}" if level != "diff" else "diff." + _diff_ident(out)
+        name = cp(out, k) if level != "diff" else "diff." + _diff_ident(out)
         points.append((name, {t: vm.expected(t) for t in ("vda", "vdb")}))
         if level == "full":
             vdc_at_full = vm.expected("vdc")

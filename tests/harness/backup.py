@@ -16,6 +16,7 @@ and checkpoint XML are vbbackup's own (``vbbackup.virt``), so are the job's end.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,3 +80,14 @@ def pull_backup(
         socket.unlink(missing_ok=True)
         for path in scratch.values():
             path.unlink(missing_ok=True)
+
+
+def chain_names(directory: Path) -> list[str]:
+    """The checkpoint names of the chain in ``directory`` (they carry the chain's id)."""
+    cpt = next(directory.glob("*.cpt"))
+    return list(json.loads(cpt.read_text()))
+
+
+def cp(directory: Path, n: int) -> str:
+    """Checkpoint ``n`` of the chain in ``directory``."""
+    return chain_names(directory)[n]

@@ -15,7 +15,7 @@ import libvirt
 import pytest
 from click.testing import CliRunner
 
-from tests.harness.backup import backup_xml, end_backup_job
+from tests.harness.backup import backup_xml, cp, end_backup_job
 from tests.harness.fixtures import require
 from tests.harness.images import MiB, Partition, make_fs_image
 from tests.harness.vm import DiskSpec, TestVM
@@ -102,7 +102,7 @@ def test_mount_shows_each_point_in_time(
     assert rows == [("vda", "ext4"), ("vda", "ext4"), ("vda", "xfs"), ("vdb", "unknown")]
     old, new = tmp_path / "old", tmp_path / "new"
     cleanup_mounts += [old, new]
-    for mountpoint, point in ((old, "virtnbdbackup.0"), (new, "virtnbdbackup.1")):
+    for mountpoint, point in ((old, cp(backup, 0)), (new, cp(backup, 1))):
         code, out = vbmount("mount", backup, mountpoint, "--until", point)
         assert code == 0, out
         assert out.splitlines()[-1] == "vdb: unknown -> unknown, not mounted"
@@ -145,7 +145,7 @@ def test_boot_runs_the_vm_from_its_backup(
     name = f"{vm.name}-r"
     before = {p.name: p.stat().st_mtime_ns for p in backup.iterdir()}
     try:
-        code, out = vbmount("boot", backup, "--until", "virtnbdbackup.0", "--name", name)
+        code, out = vbmount("boot", backup, "--until", cp(backup, 0), "--name", name)
         assert code == 0, out
         dom = libvirt_conn.lookupByName(name)
         assert dom.isActive()

@@ -320,6 +320,8 @@ class _Run:
         """The pull job (and the new checkpoint), guest filesystems frozen around its start."""
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
         others = [d.target for d in self.all_disks if d.target not in chain_targets]
+        if new_cp:
+            self.out.mark_pending(new_cp)
         with freeze(self.dom, self.ops, self.say):  # thawed as soon as the job has begun
             return stack.enter_context(
                 BackupJob(
@@ -459,6 +461,11 @@ def _plan_checkpoints(
     """(incremental parent, checkpoint to create, checkpoint name for the meta)."""
     if level == COPY:
         return None, None, checkpoint_name(0)  # what virtnbdbackup writes in a copy's meta
+    pending = out.pending()
+    if pending and pending not in chain:  # created by a run that was killed before its commit
+        if cps.delete([pending]):
+            reporter.info(f"deleted checkpoints {pending} of a run that did not finish")
+        out.clear_pending()
     if level == FULL:  # a chain of its own: other chains' checkpoints stay (see virt.checkpoints)
         out.check_new_chain()
         first = checkpoint_name(0, f"vbbackup.{new_chain_id()}")

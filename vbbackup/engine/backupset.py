@@ -25,6 +25,7 @@ from vbbackup.format.sums import SUMS_SUFFIX
 from vbbackup.fsutil import PARTIAL_SUFFIX, write_small_file
 
 FULL, INC, DIFF, COPY = "full", "inc", "diff", "copy"
+PENDING_NAME = ".vbbackup-pending-checkpoint"  # names the checkpoint a running backup created
 
 
 class BackupDir:
@@ -69,6 +70,29 @@ class BackupDir:
 
     def write_checkpoints(self, names: list[str]) -> None:
         write_small_file(self.cpt_path, json.dumps(names).encode())
+        self.clear_pending()
+
+    # -- the checkpoint a run creates, until DOMAIN.cpt takes it in ----------------------
+
+    @property
+    def pending_path(self) -> Path:
+        return self.path / PENDING_NAME
+
+    def mark_pending(self, checkpoint: str) -> None:
+        """Before the job creates ``checkpoint``: a run killed after it can be cleaned up."""
+        write_small_file(self.pending_path, checkpoint.encode())
+
+    def pending(self) -> str | None:
+        try:
+            return self.pending_path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def clear_pending(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.pending_path.unlink()
 
     # -- file names ---------------------------------------------------------------------
 
