@@ -34,6 +34,10 @@ import nbd  # noqa: E402
 
 from vbbackup.chain import open_view  # noqa: E402
 from vbbackup.format import StreamMeta, StreamWriter  # noqa: E402
+from vbbackup.fsutil import write_sums  # noqa: E402
+
+# .sums side files as a backup writes them (--no-sums: sets as virtnbdbackup writes them)
+SUMS = "--no-sums" not in sys.argv
 
 PLUGIN = ROOT / "nbdkit_plugin" / "vbmount.py"
 MiB = 1024 * 1024
@@ -97,6 +101,8 @@ def write_full(path: Path, size: int, extents: list[tuple[int, int]], k: int, z:
         if pos < size and k == 0:
             w.write_zero(pos, size - pos)
         w.finish()
+    if SUMS:
+        write_sums(path, w.sums(path.name), overwrite=True)
 
 
 def make_sets(work: Path, size: int) -> tuple[Path, Path, Path]:
@@ -285,6 +291,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--only", choices=["seq", "random", "chain"], action="append")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--no-sums", action="store_true", help="sets without .sums files")
     args = parser.parse_args()
     only = set(args.only or ["seq", "random", "chain"])
     work = args.workdir

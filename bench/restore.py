@@ -33,6 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vbbackup.format import StreamMeta, StreamWriter  # noqa: E402
+from vbbackup.fsutil import write_sums  # noqa: E402
+
+# .sums side files as a backup writes them (--no-sums: sets as virtnbdbackup writes them)
+SUMS = "--no-sums" not in sys.argv
 
 MiB = 1024 * 1024
 EXTENT = 4 * MiB
@@ -86,6 +90,8 @@ def write_full(path: Path, size: int, data: int, block: bytes, compressed: bool)
         if pos < size:
             w.write_zero(pos, size - pos)
         w.finish()
+    if SUMS:
+        write_sums(path, w.sums(path.name), overwrite=True)
     return starts
 
 
@@ -98,6 +104,8 @@ def write_inc(
         for start in starts:
             w.write_data(start, piece)
         w.finish()
+    if SUMS:
+        write_sums(path, w.sums(path.name), overwrite=True)
 
 
 def make_sets(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path]:
@@ -163,6 +171,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--keep", action="store_true", help="Keep the sets and outputs.")
+    parser.add_argument("--no-sums", action="store_true", help="sets without .sums files")
     args = parser.parse_args()
     if shutil.which("virtnbdrestore") is None:
         raise SystemExit("virtnbdrestore is not installed (apt-get install virtnbdbackup)")

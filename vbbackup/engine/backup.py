@@ -522,8 +522,8 @@ def _require_whole_chain(out: BackupDir, chain: list[str]) -> None:
                 pass  # every file indexed, layouts checked against their .sums
     except (ChainError, StreamFormatError) as err:
         raise ChainError(
-            f"cannot extend the chain in {out.path}: {err}; the points before the problem "
-            f"still restore: start a new chain with `vbbackup full {out.domain} -o NEW_DIR`"
+            f"cannot extend the chain in {out.path}: {err}; "
+            f"start a new chain with `vbbackup full {out.domain} -o NEW_DIR`"
         ) from None
 
 
