@@ -74,6 +74,16 @@ def timed(argv: list[str]) -> tuple[float, int]:
     return elapsed, rss
 
 
+def _baseline_command(rev: str, workdir: Path) -> list[str]:
+    """vbbackup as of ``rev``: a detached worktree run by this venv's Python."""
+    tree = workdir / f"vbbench-baseline-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree),
+                        rev], check=True)  # fmt: skip
+    code = "import sys; from vbbackup.cli import main; sys.exit(main())"
+    return ["env", f"PYTHONPATH={tree}", str(ROOT / ".venv" / "bin" / "python"), "-c", code]
+
+
 def wait_idle(vm: TestVM) -> None:
     while vm.dom is not None and vm.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
         time.sleep(0.05)
@@ -86,7 +96,13 @@ def main() -> int:
     parser.add_argument("--inc-percent", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also time vbbackup as of git revision REV (e.g. before a change), interleaved",
+    )
     args = parser.parse_args()
+    baseline = _baseline_command(args.baseline, args.workdir) if args.baseline else None
     size, data = args.size_mib * MiB, args.data_mib * MiB
     ensure_libvirtd()
     conn = libvirt.open(URI)
@@ -115,6 +131,10 @@ def main() -> int:
                 return timed([*VBBACKUP, level, vm.name, "-o", str(work / out), "-q", *extra])
 
             def theirs(level: str, out: str, *extra: str) -> tuple[float, int]:
+                # virtnbdbackup refuses a domain with checkpoints of other names ("foreign")
+                for foreign in vm.dom.listAllCheckpoints():
+                    if not foreign.getName().startswith("virtnbdbackup."):
+                        foreign.delete(0)
                 sock = str(vm.dir / "vnb.sock")
                 argv = ["virtnbdbackup", "-d", vm.name, "-l", level, "-o", str(work / out),
                         "-n", "-f", sock, "-S", str(vm.dir), *extra]  # fmt: skip
@@ -136,6 +156,12 @@ def main() -> int:
                     target.unlink()
                 record("ours full", ours("full", fresh("ours")))
                 record("ours full -z", ours("full", fresh("ours-lz4"), "--compress"))
+                if baseline:
+                    out = str(work / fresh("base"))
+                    record("baseline full", timed([*baseline, "full", vm.name, "-o", out, "-q"]))
+                    out = str(work / fresh("base-lz4"))
+                    argv = [*baseline, "full", vm.name, "-o", out, "-q", "--compress"]
+                    record("baseline full -z", timed(argv))
                 if have_vnb:
                     record("vnb full", theirs("full", fresh("vnb")))
                     record("vnb full -z", theirs("full", fresh("vnb-lz4"), "-z"))
@@ -158,6 +184,8 @@ def main() -> int:
                 "ours full": ("vbbackup full", data),
                 "ours full -z": ("vbbackup full --compress", data),
                 "ours inc": (f"vbbackup inc ({args.inc_percent:g}% new)", inc_bytes),
+                "baseline full": (f"vbbackup full as of {args.baseline}", data),
+                "baseline full -z": (f"vbbackup full --compress as of {args.baseline}", data),
                 "vnb full": ("virtnbdbackup full", data),
                 "vnb full -z": ("virtnbdbackup full --compress", data),
                 "vnb inc": (f"virtnbdbackup inc ({args.inc_percent:g}% new)", inc_bytes),
@@ -177,6 +205,11 @@ def main() -> int:
         print(f"| {name} | {secs:.2f} s | {rate / 1e6:.0f} | {rate / limit:.2f}x | "
               f"{rss / 1e6:.0f} MB |")  # fmt: skip
     print("\nfiles:", ", ".join(f"{k} {v / MiB:.0f} MiB" for k, v in sizes.items()))
+    times = {name: secs for name, secs, _, _ in rows}
+    for plain in ("vbbackup full", "vbbackup full --compress"):
+        base = times.get(f"{plain} as of {args.baseline}")
+        if base:
+            print(f"{plain}: {base / times[plain]:.3f}x the throughput as of {args.baseline}")
     return 0
 
 

@@ -65,6 +65,7 @@ from vbbackup.virt import (
     libvirt_connection,
     lookup_domain,
 )
+from vbbackup.virt.agent import consistency_line
 from vbbackup.virt.bootfiles import save_boot_files
 from vbbackup.virt.checkpoints import (
     chain_of,
@@ -130,6 +131,7 @@ class BackupResult:
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     estimate: Estimate | None = None  # --estimate: the run's result instead of streams
+    consistency: dict[str, Any] | None = None  # frozen by the guest agent (where), or why not
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
@@ -199,6 +201,7 @@ class _Run:
     cps: Checkpoints
     chain: list[str]
     bitmap_disks: list[str]
+    consistency: dict[str, Any]  # _begin_job
 
     def __init__(self, config: BackupConfig, reporter: Reporter) -> None:
         if config.level not in LEVELS:
@@ -322,8 +325,9 @@ class _Run:
         others = [d.target for d in self.all_disks if d.target not in chain_targets]
         if new_cp:
             self.out.mark_pending(new_cp)
-        with freeze(self.dom, self.ops, self.say):  # thawed as soon as the job has begun
-            return stack.enter_context(
+        freezer = freeze(self.dom, self.ops, self.say)
+        with freezer:  # thawed as soon as the job has begun
+            job = stack.enter_context(
                 BackupJob(
                     self.dom,
                     [p.disk.target for p in plans],
@@ -337,11 +341,15 @@ class _Run:
                     tls=self.ops.tls,
                 )
             )
+        self.consistency = freezer.consistency()
+        self.say(consistency_line(self.consistency))
+        return job
 
     def _save_side_files(self, ident: str, new_cp: str | None) -> None:
         """Checkpoint XML, domain XML, boot files and ``qemu-img info`` beside the streams."""
         if new_cp:
             self.out.save_checkpoint_xml(new_cp, self.cps.dump(new_cp))
+        self.out.save_consistency(ident, self.consistency)
         self.out.save_vmconfig(ident, self.domain_xml)
         boot_ident = None if self.level == COPY else ident
         save_boot_files(self.domain_xml, self.out.path, boot_ident, self.ssh)
@@ -360,6 +368,7 @@ class _Run:
             skipped=self.skipped,
             seconds=time.monotonic() - self.started,
             estimate=estimate,
+            consistency=getattr(self, "consistency", None),
         )
 
 

@@ -154,12 +154,17 @@ def below_threshold(changes: Estimate, ops: BackupOptions, say: Say) -> bool:
     return True
 
 
-def freeze(
-    dom: libvirt.virDomain, ops: BackupOptions, say: Say
-) -> contextlib.AbstractContextManager[object]:
+class NoFreeze(contextlib.nullcontext[None]):
+    """--no-freeze: nothing frozen, and the set says so."""
+
+    def consistency(self) -> dict[str, object]:
+        return {"frozen": False, "reason": "--no-freeze"}
+
+
+def freeze(dom: libvirt.virDomain, ops: BackupOptions, say: Say) -> GuestFreeze | NoFreeze:
     """Guest filesystems frozen around the checkpoint, unless --no-freeze."""
     if not ops.freeze:
-        return contextlib.nullcontext()
+        return NoFreeze()
     return GuestFreeze(dom, ops.freeze_mountpoints, say)
 
 

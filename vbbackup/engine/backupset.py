@@ -133,6 +133,10 @@ class BackupDir:
         except FileNotFoundError:
             return None
 
+    def save_consistency(self, ident: str, record: dict[str, Any]) -> None:
+        """``consistency.<ident>.json``: frozen by the guest agent (where, thawed) or why not."""
+        write_small_file(self.path / f"consistency.{ident}.json", json.dumps(record).encode())
+
     def save_vmconfig(self, ident: str, xml: str) -> None:
         write_small_file(self.path / f"vmconfig.{ident}.xml", xml.encode())
 

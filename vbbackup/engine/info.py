@@ -6,6 +6,7 @@ even for sets of many GiB; ``verify`` is the command that reads the bytes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from vbbackup.chain import COPY, DIFF, FULL
 from vbbackup.engine import domainxml
 from vbbackup.engine.survey import FileEntry, Survey, survey
 from vbbackup.errors import VbError
+from vbbackup.virt.agent import consistency_line
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,19 @@ def _chain(found: Survey) -> list[dict[str, Any]]:
     for point in list(points.values())[: min(fulls, default=0)]:
         if point["level"] is None:
             point["level"] = "merged"  # consolidated into the full that follows
+    for point in points.values():
+        point["consistency"] = _consistency(found.directory, point["name"])
     return list(points.values())
+
+
+def _consistency(directory: Path, name: str) -> dict[str, Any] | None:
+    """What the backup of a point recorded of the guest's file systems (None: not recorded)."""
+    ident = name[len("diff.") :] if name.startswith("diff.") else name
+    try:
+        record = json.loads((directory / f"consistency.{ident}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _boot_files(directory: Path) -> list[dict[str, str]]:
@@ -122,6 +136,9 @@ def render(report: dict[str, Any]) -> str:
         parent = f"  (on {point['parent']})" if point["level"] == DIFF else ""
         level = point["level"] or "missing"
         lines.append(f"  {point['name']:<24} {level:<5} {point['date'] or '?'}{parent}")
+        record = point.get("consistency")
+        if record:  # sets made by virtnbdbackup record nothing
+            lines.append(f"  {'':<24} {consistency_line(record)}")
     header = ("file", "level", "virtual", "data", "file size", "compression", "chksum")
     for disk, backups in report["disks"].items():
         lines += ["", f"Disk {disk}:"]
