@@ -72,6 +72,10 @@ def test_monthly_directories_and_two_chains_continue_in_turn(make_vm, tmp_path: 
     code, text = run("check", vm.name, "-o", str(nov))
     assert code == 0, text
     assert "consistent: no problems found" in text
+    nov_chain, dec_chain = chain_names(nov)[0][:-2], chain_names(dec)[0][:-2]
+    listed = sorted([f"{nov_chain} (4 checkpoints)", f"{dec_chain} (2 checkpoints)"])
+    (line,) = [x for x in text.splitlines() if x.startswith(f"chains of {vm.name}: ")]
+    assert sorted(line.split(": ", 1)[1].split(", ")) == listed
 
 
 def test_a_reused_checkpoint_name_is_never_continued(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -101,6 +105,10 @@ def test_a_reused_checkpoint_name_is_never_continued(make_vm, tmp_path: Path) ->
         n for n in before if not n.endswith(".log")
     ]
 
+    code, text = run("check", vm.name, "-o", str(nov))
+    assert code != 0, text
+    assert "problem: libvirt's checkpoint virtnbdbackup.1 (created " in text
+    assert f"    fix: vbbackup full {vm.name} -o NEW_DIR" in text
     code, text = run("inc", vm.name, "-o", str(nov), "--no-progress")
     assert code == 0, text
     fallback = tmp_path / "2026-11.1"

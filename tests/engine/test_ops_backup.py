@@ -160,6 +160,8 @@ def test_running_domain_without_agent_warns_and_no_freeze_is_silent(
     code, text = run("full", vm.name, "-o", str(tmp_path / "paused"), "--no-progress")
     assert code == 0, text
     assert "not frozen" not in text  # a paused guest runs nothing
+    paused = "crash-consistent: the guest was paused (it ran nothing to freeze)"
+    assert paused in text.splitlines()
     vm.dom.resume()
     try:
         code, text = run("full", vm.name, "-o", str(tmp_path / "a"), "--no-progress")
@@ -167,11 +169,25 @@ def test_running_domain_without_agent_warns_and_no_freeze_is_silent(
         warnings = [line for line in text.splitlines() if "filesystems not frozen" in line]
         assert len(warnings) == 1
         assert "agent" in warnings[0]
+        (line,) = [x for x in text.splitlines() if x.startswith("crash-consistent: ")]
+        assert line.startswith("crash-consistent: guest agent: ")
         code, text = run("full", vm.name, "-o", str(tmp_path / "b"), "--no-freeze", "--no-progress")
         assert code == 0, text
         assert "not frozen" not in text
+        assert "crash-consistent: --no-freeze" in text.splitlines()
+        code, text = run("full", vm.name, "-o", str(tmp_path / "c"), "--no-freeze", "--json", "-q")
+        assert json.loads(text)["consistency"] == {"frozen": False, "reason": "--no-freeze"}
     finally:
         vm.dom.suspend()
+    # after the fact: the set says it, point by point (the run log too)
+    for name, expected in (("paused", paused), ("b", "crash-consistent: --no-freeze")):
+        code, text = run("info", str(tmp_path / name))
+        assert code == 0, text
+        assert f"  {'':<24} {expected}" in text.splitlines()
+        (log,) = (tmp_path / name).glob("backup.full.*.log")
+        assert expected in log.read_text()
+        report = json.loads(run("info", str(tmp_path / name), "--json")[1])
+        assert report["chain"][0]["consistency"]["frozen"] is False
 
 
 def test_lost_checkpoint_without_xml_falls_back(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

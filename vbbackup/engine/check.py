@@ -25,6 +25,7 @@ from lxml import etree
 
 from vbbackup.chain.backupset import BackupSet, start_at_full
 from vbbackup.errors import ChainError, VbError
+from vbbackup.virt.checkpoints import chain_of, identity_mismatch
 from vbbackup.virt.connection import libvirt_connection, lookup_domain
 from vbbackup.virt.remote import on_host, ssh_prefix
 
@@ -64,6 +65,7 @@ class DomainState:
     order: list[str]  # checkpoint names, oldest first
     bitmaps: dict[str, dict[str, Bitmap]]  # target -> name -> bitmap
     job_active: bool = False
+    xml: dict[str, str] = field(default_factory=dict)  # checkpoint name -> libvirt's XML
 
 
 @dataclass
@@ -98,9 +100,12 @@ def gather_domain(name: str, uri: str) -> DomainState:
         images = _qcow2_images(dom.XMLDesc(0))
         checkpoints: dict[str, dict[str, str]] = {}
         parents: dict[str, str | None] = {}
+        xmls: dict[str, str] = {}
         for cp in dom.listAllCheckpoints():
-            root = etree.fromstring(cp.getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN))
+            text = cp.getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN)
+            root = etree.fromstring(text)
             cp_name = root.findtext("name")
+            xmls[cp_name] = text
             parents[cp_name] = root.findtext("parent/name")
             checkpoints[cp_name] = {
                 d.get("name"): d.get("bitmap") or cp_name
@@ -113,7 +118,8 @@ def gather_domain(name: str, uri: str) -> DomainState:
             for target, live in _live_bitmaps(dom, images).items():
                 bitmaps[target].update(live)
         job = running and dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
-        return DomainState(name, running, images, checkpoints, _order(parents), bitmaps, job)
+        order = _order(parents)
+        return DomainState(name, running, images, checkpoints, order, bitmaps, job, xmls)
 
 
 def _order(parents: dict[str, str | None]) -> list[str]:
@@ -259,6 +265,14 @@ def _set_findings(domain: DomainState, backup: SetState, new_full: str) -> list[
         out.append(Finding(f"backup set: {backup.problem}", new_full))
     for cp in backup.chain:
         if cp in domain.checkpoints:
+            saved = backup.directory / "checkpoints" / f"{cp}.xml"
+            mismatch = (
+                identity_mismatch(cp, saved.read_text(), domain.xml[cp])
+                if cp in backup.saved_xml and cp in domain.xml
+                else None
+            )
+            if mismatch:
+                out.append(Finding(f"{mismatch}: the set's chain cannot go on", new_full))
             continue
         xml = backup.directory / "checkpoints" / f"{cp}.xml"
         if cp in backup.saved_xml:
@@ -271,7 +285,8 @@ def _set_findings(domain: DomainState, backup: SetState, new_full: str) -> list[
         out.append(Finding(f"checkpoint {cp} of the backup set is unknown to libvirt", fix))
     if backup.chain and domain.order:
         last = backup.chain[-1]
-        later = domain.order[domain.order.index(last) + 1 :] if last in domain.order else []
+        mine = [n for n in domain.order if chain_of(n) == chain_of(last)]
+        later = mine[mine.index(last) + 1 :] if last in mine else []
         if later:
             out.append(
                 Finding(
@@ -311,6 +326,14 @@ def render(report: CheckReport) -> list[str]:
     if backup:
         lines[0] += f", backup set {backup.directory}"
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    chains: dict[str, int] = {}
+    for name in domain.order:
+        chain = chain_of(name)
+        if chain is not None:
+            chains[chain] = chains.get(chain, 0) + 1
+    if chains:
+        listed = ", ".join(f"{c} ({n} checkpoint{'s' if n > 1 else ''})" for c, n in chains.items())
+        lines.append(f"chains of {domain.name}: {listed}")
     if not report.findings:
         lines.append("consistent: no problems found")
     for finding in report.findings:
