@@ -18,6 +18,7 @@ PACKAGES=(
     fuse3 fdisk e2fsprogs xfsprogs dosfstools
     virtnbdbackup ovmf openssh-server openssh-client openssl
     time  # /usr/bin/time: peak RSS in bench/backup.py
+    python3-tqdm python3-paramiko  # virtnbdbackup 2.47 (the anchor), beside Debian's 1.9.15
 )
 
 log() { echo "setup: $*" >&2; }
@@ -99,7 +100,23 @@ fix_kvm_permissions() {
     fi
 }
 
+# virtnbdbackup 2.47, the release most users run, in a venv of its own (never the project's):
+# interop tests restore our sets with it. Its wheel lives in ../shared/anchors.
+VNB_247=/var/tmp/vnb-2.47
+install_vnb_247() {
+    local wheel=../shared/anchors/virtnbdbackup-2.47-py3-none-any.whl
+    [ -x "$VNB_247/bin/virtnbdrestore" ] && return 0
+    if [ ! -f "$wheel" ]; then
+        log "no $wheel: the virtnbdbackup 2.47 interop tests will not run"
+        return 0
+    fi
+    log "installing virtnbdbackup 2.47 into $VNB_247"
+    /usr/bin/python3 -m venv --system-site-packages "$VNB_247"
+    "$VNB_247/bin/pip" install -q "$wheel"
+}
+
 install_packages
+install_vnb_247
 make_venv
 fix_kvm_permissions
 start_libvirtd

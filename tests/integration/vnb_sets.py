@@ -83,9 +83,14 @@ def run_virtnbdbackup(vm: TestVM, outdir: Path, level: str, *, compress: bool) -
         raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")
 
 
-def run_virtnbdrestore(directory: Path, out: Path, *args: str) -> None:
-    """``virtnbdrestore -i DIRECTORY -o OUT ARGS...``."""
-    argv = ["virtnbdrestore", "-i", str(directory), "-o", str(out), *args]
+VNB_247 = Path("/var/tmp/vnb-2.47/bin")  # virtnbdbackup 2.47, installed by scripts/setup.sh
+
+
+def run_virtnbdrestore(
+    directory: Path, out: Path, *args: str, tool: str = "virtnbdrestore"
+) -> None:
+    """``virtnbdrestore -i DIRECTORY -o OUT ARGS...`` (``tool``: another build's binary)."""
+    argv = [tool, "-i", str(directory), "-o", str(out), *args]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
         raise VnbError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-2000:]}")

@@ -10,7 +10,7 @@ import pytest
 from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, MiB, TestVM
 from vbbackup.errors import LibvirtError
-from vbbackup.virt.agent import GuestFreeze
+from vbbackup.virt.agent import GuestFreeze, consistency_line
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,9 @@ class _AgentDomain:
         self.calls.append(("freeze", mountpoints))
         return 2
 
+    def fsInfo(self, flags: int) -> list[tuple[str, str, str, list[str]]]:  # noqa: N802
+        return [("/", "sda1", "ext4", ["vda"]), ("/home", "sdb1", "xfs", ["vdb"])]
+
     def fsThaw(self, mountpoints: list[str] | None, flags: int) -> int:  # noqa: N802
         self.calls.append(("thaw", mountpoints))
         if self.thaw_fails:
@@ -84,3 +87,14 @@ def test_thaw_failure_says_how_to_thaw() -> None:
     with pytest.raises(LibvirtError, match=r"could not thaw .*run: virsh domfsthaw guest"), freeze:
         pass
     assert dom.calls == [("freeze", None), ("thaw", None)]
+
+
+def test_consistency_says_what_was_frozen_and_thawed() -> None:
+    freeze = GuestFreeze(_AgentDomain(), warn=pytest.fail)  # type: ignore[arg-type]
+    with freeze:
+        pass
+    record = freeze.consistency()
+    assert record == {"frozen": True, "mountpoints": ["/", "/home"], "thawed": True}
+    assert consistency_line(record) == (
+        "application-consistent: guest file systems frozen (/, /home), thawed afterwards"
+    )

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from vbbackup.format import frames
 from vbbackup.format.compression import MAX_CHUNK, PIECE, compress_pieces
 from vbbackup.format.meta import StreamMeta
-from vbbackup.format.sums import PieceHasher, Sums, layout_digest
+from vbbackup.format.sums import PIECE_SIZE, PieceHasher, Sums, layout_digest
 
 _KIND_ZERO, _KIND_DATA = 0, 1
 
@@ -45,7 +45,9 @@ class StreamWriter:
         self._open_length = 0
         self._open_done = 0
         self._finished = False
-        self._hasher = PieceHasher()
+        # A compressed stream is read a whole lz4 piece at a time: one digest per piece
+        # costs the least; uncompressed data is checked in small pieces (random reads).
+        self._hasher = PieceHasher(PIECE if meta.is_compressed else PIECE_SIZE)
         self._kinds = bytearray()
         self._starts = array("Q")
         self._lengths = array("Q")
