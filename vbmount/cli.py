@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from vbbackup import __version__
+from vbbackup.chain import unchecked_warnings
 from vbbackup.cli.common import ErrorHandlingGroup
 from vbmount import boot, copy, mounting, serve
 
@@ -23,8 +24,15 @@ def until_option(f: F) -> F:
     return click.option(
         "--until",
         metavar="CHECKPOINT",
-        help="Point in time: a checkpoint name (virtnbdbackup.N) or data file; default: newest.",
+        help="Point in time: a checkpoint name (vbbackup.<id>.N, virtnbdbackup.N) or data "
+        "file; default: newest.",
     )(f)
+
+
+def warn_unchecked(directory: Path, disk: str | None, until: str | None) -> None:
+    """One line per disk whose files have no .sums: served, but not checked as read."""
+    for line in unchecked_warnings(directory, (disk,) if disk else (), until):
+        click.echo(line, err=True)
 
 
 def disk_option(help_text: str) -> Callable[[F], F]:
@@ -49,6 +57,7 @@ def main() -> None:
 def serve_command(directory: Path, **options: Any) -> None:
     """Serve one disk over NBD until Ctrl-C (or in the background with --daemon)."""
     config = serve.ServeConfig(directory=directory, **options)
+    warn_unchecked(directory, config.disk, config.until)
     serve.serve(config, announce=click.echo)
 
 
@@ -81,6 +90,7 @@ def mount_command(
     request = mounting.MountRequest(
         directory, mountpoint, (disk,) if disk else (), until, partition
     )
+    warn_unchecked(directory, disk, until)
     for item in mounting.mount_backup(request):
         where = str(item.path) if item.path else item.note
         label = f"{item.disk}{item.partition.number or ''}"
@@ -104,6 +114,7 @@ def umount_command(mountpoint: Path) -> None:
 @click.option("--start/--no-start", default=True, show_default=True, help="Start the domain.")
 def boot_command(directory: Path, **options: Any) -> None:
     """Run the VM from the backup: disks are overlays over the served chain."""
+    warn_unchecked(directory, None, options["until"])
     booted = boot.boot(boot.BootConfig(directory=directory, **options))
     click.echo(f"domain {booted.name} defined{' and started' if booted.started else ''}")
     for target, overlay in booted.overlays.items():
@@ -130,5 +141,6 @@ def unboot_command(name: str, uri: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 def copy_command(directory: Path, output: Path, **options: Any) -> None:
     """Write one disk at a point in time to a new sparse image."""
+    warn_unchecked(directory, options["disk"], options["until"])
     copy.copy_disk(copy.CopyConfig(directory=directory, output=output, **options))
     click.echo(f"wrote {output}")

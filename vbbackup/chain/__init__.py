@@ -17,7 +17,7 @@ from vbbackup.chain.backupset import (
     read_meta,
 )
 from vbbackup.chain.extentmap import ZERO, ExtentMap
-from vbbackup.chain.view import PointInTimeView, open_view
+from vbbackup.chain.view import PointInTimeView, open_view, unchecked_warnings
 
 __all__ = [
     "COPY",
@@ -32,5 +32,6 @@ __all__ = [
     "PointInTime",
     "PointInTimeView",
     "open_view",
+    "unchecked_warnings",
     "read_meta",
 ]

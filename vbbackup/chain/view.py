@@ -89,14 +89,7 @@ class PointInTimeView:
 
     def unchecked_warning(self) -> str | None:
         """The one line a command prints when some data is served unchecked."""
-        names = [Path(p).name for p in self.unchecked]
-        if not names:
-            return None
-        return (
-            f"warning: {', '.join(names)} {'has' if len(names) == 1 else 'have'} no checksum "
-            "file: the data cannot be checked as it is read "
-            "(`vbbackup verify --add-sums DIR` adds them)"
-        )
+        return _unchecked_line([Path(p).name for p in self.unchecked])
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the disk from ``offset``."""
@@ -193,6 +186,38 @@ def _fill_zero(dst: memoryview) -> None:
     for pos in range(0, len(dst), step):
         piece = dst[pos : pos + step]
         piece[:] = _ZEROS[: len(piece)]
+
+
+def _unchecked_line(names: Sequence[str]) -> str | None:
+    if not names:
+        return None
+    return (
+        f"warning: {', '.join(names)} {'has' if len(names) == 1 else 'have'} no checksum "
+        "file: the data cannot be checked as it is read "
+        "(`vbbackup verify --add-sums DIR` adds them)"
+    )
+
+
+def unchecked_warnings(
+    directory: str | os.PathLike[str], disks: Sequence[str] = (), until: str | None = None
+) -> list[str]:
+    """Per disk of a point (every disk by default): the line for files without ``.sums``."""
+    try:
+        backup = BackupSet(directory)
+    except ChainError:
+        return []  # the command itself says what is wrong with the directory
+    lines = []
+    for disk in disks or backup.disks:
+        try:
+            point = backup.resolve(disk, until)
+        except ChainError:
+            continue  # the command itself says what is wrong with this disk
+
+        names = [f.path.name for f in point.files if not sums_path(f.path).exists()]
+        line = _unchecked_line(names)
+        if line:
+            lines.append(f"{disk}: {line}")
+    return lines
 
 
 def open_view(

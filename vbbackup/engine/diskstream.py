@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
-from vbbackup.format import StreamWriter, compress_pieces
+from vbbackup.format import StreamWriter
+from vbbackup.format.compression import compress_and_digest
 from vbbackup.format.heap import keep_freed_buffers
 from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
 
@@ -38,7 +39,7 @@ class _Chunk:
 
     raw_length: int
     raw: memoryview | None = None
-    frame: Future[list[bytes]] | None = None
+    frame: Future[tuple[list[bytes], bytes]] | None = None  # lz4 frames, their digests
 
 
 def copy_extents(
@@ -92,7 +93,7 @@ def copy_extents(
                 _start, buf = next(reads)
                 done += len(buf)
                 if writer.compressed and pool is not None:
-                    frame = pool.submit(compress_pieces, buf, level)
+                    frame = pool.submit(compress_and_digest, buf, level)
                     queue.append(_Chunk(len(buf), raw=buf, frame=frame))
                 else:
                     queue.append(_Chunk(len(buf), raw=buf))
@@ -160,7 +161,8 @@ def _emit(writer: StreamWriter, item: _Chunk | tuple[str, int, int], progress: P
     if isinstance(item, _Chunk):
         if item.frame is not None:
             raw = item.raw if item.raw is not None else b""
-            writer.write_compressed_pieces(item.frame.result(), raw[: item.raw_length])
+            lz4_frames, digests = item.frame.result()
+            writer.write_compressed_pieces(lz4_frames, raw[: item.raw_length], digests)
         else:
             writer.write_chunk(item.raw if item.raw is not None else b"")
         progress(item.raw_length)

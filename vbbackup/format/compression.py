@@ -15,6 +15,7 @@ from typing import Final
 import lz4.frame
 
 from vbbackup.errors import StreamFormatError
+from vbbackup.format.sums import piece_digest
 
 MAX_CHUNK: Final = 32 * 1024 * 1024
 PIECE: Final = 512 * 1024
@@ -48,6 +49,15 @@ def compress_pieces(raw: bytes | bytearray | memoryview, level: int = DEFAULT_LE
     """
     view = memoryview(raw)
     return [compress_chunk(view[pos : pos + PIECE], level) for pos in range(0, len(view), PIECE)]
+
+
+def compress_and_digest(
+    raw: bytes | bytearray | memoryview, level: int = DEFAULT_LEVEL
+) -> tuple[list[bytes], bytes]:
+    """``compress_pieces``, plus the ``.sums`` digest of each piece (in the same worker)."""
+    view = memoryview(raw)
+    pieces = [view[pos : pos + PIECE] for pos in range(0, len(view), PIECE)]
+    return [compress_chunk(p, level) for p in pieces], b"".join(map(piece_digest, pieces))
 
 
 def decompress_chunk(frame: bytes, path: str, position: int) -> bytes:

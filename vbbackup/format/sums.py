@@ -44,6 +44,11 @@ _MAX_HEADER: Final = 1 << 16
 _digest = xxhash.xxh3_128_digest
 
 
+def piece_digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The digest of one piece, as ``.sums`` holds it."""
+    return _digest(data)
+
+
 class DataChecksumError(StreamFormatError):
     """Decoded bytes differ from what the backup recorded: damaged data, never served."""
 
@@ -119,6 +124,12 @@ class PieceHasher:
         if self._partial is not None:
             self.digests += self._partial.digest()
         self._partial, self._filled = None, 0
+
+    def add_digest(self, digest: bytes) -> None:
+        """A whole unit of at most one piece, hashed elsewhere (a compression worker)."""
+        if self._partial is not None or len(digest) != DIGEST_SIZE:
+            raise ValueError("a unit is open, or not one digest")
+        self.digests += digest
 
     def unit(self, data: bytes | bytearray | memoryview) -> None:
         """One whole unit at once."""

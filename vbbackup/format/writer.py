@@ -19,7 +19,7 @@ from typing import BinaryIO
 from vbbackup.format import frames
 from vbbackup.format.compression import MAX_CHUNK, PIECE, compress_pieces
 from vbbackup.format.meta import StreamMeta
-from vbbackup.format.sums import PIECE_SIZE, PieceHasher, Sums, layout_digest
+from vbbackup.format.sums import DIGEST_SIZE, PIECE_SIZE, PieceHasher, Sums, layout_digest
 
 _KIND_ZERO, _KIND_DATA = 0, 1
 
@@ -114,8 +114,13 @@ class StreamWriter:
             self._write(raw)
             self._hasher.update(raw)
 
-    def write_compressed_chunk(self, frame: bytes, raw: bytes | bytearray | memoryview) -> None:
-        """Next piece of the open range: ``raw`` and its lz4 frame, a data frame of its own."""
+    def write_compressed_chunk(
+        self, frame: bytes, raw: bytes | bytearray | memoryview, digest: bytes | None = None
+    ) -> None:
+        """Next piece of the open range: ``raw`` and its lz4 frame, a data frame of its own.
+
+        ``digest``: ``piece_digest(raw)`` when the caller computed it already.
+        """
         if not self.compressed:
             raise ValueError("stream is not compressed")
         raw_length = len(raw)
@@ -128,19 +133,29 @@ class StreamWriter:
         self._write(frames.TERM)
         self._trailer.append(len(frame))
         self._frame(_KIND_DATA, piece_start, raw_length, len(frame))
-        self._hasher.unit(raw)
+        if digest is None:
+            self._hasher.unit(raw)
+        else:
+            self._hasher.add_digest(digest)
 
     def write_compressed_pieces(
-        self, lz4_frames: list[bytes], raw: bytes | bytearray | memoryview
+        self,
+        lz4_frames: list[bytes],
+        raw: bytes | bytearray | memoryview,
+        digests: bytes | None = None,
     ) -> None:
-        """``compress_pieces(raw)``' frames: ``PIECE`` bytes of ``raw`` each."""
+        """``compress_pieces(raw)``' frames: ``PIECE`` bytes of ``raw`` each.
+
+        ``digests``: ``compress_and_digest``'s, one per frame (else hashed here).
+        """
         mv = memoryview(raw).cast("B")
         pos = 0
-        for frame in lz4_frames:
+        for k, frame in enumerate(lz4_frames):
             n = min(PIECE, len(mv) - pos)
             if n <= 0:
                 raise ValueError("more compressed pieces than data")
-            self.write_compressed_chunk(frame, mv[pos : pos + n])
+            digest = None if digests is None else digests[k * DIGEST_SIZE : (k + 1) * DIGEST_SIZE]
+            self.write_compressed_chunk(frame, mv[pos : pos + n], digest)
             pos += n
         if pos != len(mv):
             raise ValueError(f"compressed pieces are {len(mv) - pos} bytes short")
