@@ -33,7 +33,7 @@ from vbbackup.cli import main
 from vbbackup.engine import consolidate as consolidate_mod
 from vbbackup.engine.consolidate import ConsolidateConfig, consolidate, plan
 from vbbackup.engine.verify import VerifyConfig, verify
-from vbbackup.errors import ChainError
+from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.fsutil import file_adler32, read_checksum
 
 SIZE = 1 << 20
@@ -87,7 +87,22 @@ def test_every_later_checkpoint_reads_the_same(chain: Path) -> None:
     )
     assert read_checksum(chain / "vda.full.data") == file_adler32(chain / "vda.full.data")
     assert lines[0] == "vda: merging vda.full.data and 2 incrementals up to virtnbdbackup.2"
-    assert verify(VerifyConfig(chain)).sound
+    report = verify(VerifyConfig(chain))
+    assert report.sound
+    assert {f.sums for f in report.files} == {"ok"}  # the synthetic full has its .sums
+
+
+def test_damaged_input_is_never_merged(chain: Path) -> None:
+    before = {p.name: p.read_bytes() for p in chain.iterdir() if p.is_file()}
+    inc = chain / "vda.inc.virtnbdbackup.2.data"
+    data = bytearray(before[inc.name])
+    data[data.index(b"\x33" * 64) if b"\x33" * 64 in data else -300] ^= 0x01
+    inc.write_bytes(bytes(data))
+    with pytest.raises(StreamFormatError, match=r"vda\.inc\.virtnbdbackup\.2\.data: at byte \d+"):
+        consolidate(ConsolidateConfig(chain, until="virtnbdbackup.3"), lambda _: None)
+    after = {p.name: p.read_bytes() for p in chain.iterdir() if p.is_file()}
+    assert after.keys() == before.keys()  # nothing merged, nothing removed, no partial
+    assert all(after[n] == before[n] for n in after if n != inc.name)
 
 
 def test_default_merges_the_whole_chain(chain: Path) -> None:

@@ -156,3 +156,32 @@ def test_qemu_img_convert_keeps_unaligned_data(tmp_path: Path) -> None:
     # holes shrink to whole sectors; the data grows over the sectors it touches
     assert runs == [(0, 512, 3), (512, 1024, 0), (1536, 3072, 3), (4608, 3584, 0),
                     (8192, 61440, 3), (69632, 512, 0), (70144, MiB - 70144, 3)]  # fmt: skip
+
+
+def test_damaged_piece_is_eio_and_the_rest_is_served(tmp_path: Path) -> None:
+    """Only the checksum piece holding a flipped byte is refused; its neighbours read fine."""
+    names = write_chain(tmp_path / "set", SIZE, STEPS)  # uncompressed, with .sums
+    full = tmp_path / "set" / "vda.full.data"
+    data = bytearray(full.read_bytes())
+    frame_pos = data.index(b"\x11" * 64)  # the payload of the first data frame: disk offset 0
+    data[frame_pos + 40000] ^= 0x01  # disk offset 40000: piece [32768, +16384)
+    full.write_bytes(bytes(data))
+    with connect({"dir": str(tmp_path / "set"), "until": names[0]}) as h:
+        with pytest.raises(nbd.Error) as refused:
+            h.pread(4096, 36864)
+        assert refused.value.errno == "EIO"
+        assert h.pread(32768, 0) == b"\x11" * 32768
+        assert h.pread(16384, 49152) == b"\x11" * 16384
+
+
+def test_set_without_sums_is_served_with_one_warning(tmp_path: Path) -> None:
+    write_chain(tmp_path / "set", SIZE, STEPS, sums=False)
+    done = run_captive({"dir": str(tmp_path / "set")}, 'nbdinfo --size "$uri"')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(SIZE)
+    warnings = [line for line in done.stderr.splitlines() if "no checksum file" in line]
+    assert warnings == [
+        "vbmount: warning: vda.full.data, vda.inc.virtnbdbackup.1.data, "
+        "vda.inc.virtnbdbackup.2.data have no checksum file: the data cannot be checked as it "
+        "is read (`vbbackup verify --add-sums DIR` adds them)"
+    ]
