@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 
 from vbbackup.chain import BackupSet
+from vbbackup.engine import domainxml
 from vbbackup.errors import LibvirtError, MountError
 from vbbackup.virt import libvirt_connection
 from vbmount import proc, resources
@@ -59,50 +59,8 @@ def vmconfig_path(backup: BackupSet, until: str | None) -> Path:
 
 
 def restore_xml(xml: str, name: str, overlays: dict[str, Path], sockets: dict[str, Path]) -> str:
-    """The saved domain XML, made safe to run next to the original (see module docstring)."""
-    root = ET.fromstring(xml)
-    _set_text(root, "name", name)
-    for parent_path, tag in ((".", "uuid"), ("os", "nvram"), ("devices/interface", "mac")):
-        for parent in root.findall(parent_path):
-            for child in parent.findall(tag):
-                parent.remove(child)
-    devices = root.find("devices")
-    if devices is None:
-        raise MountError("the saved domain configuration has no <devices>")
-    for disk in devices.findall("disk"):
-        target = disk.find("target")
-        dev = target.get("dev") if target is not None else None
-        if disk.get("device", "disk") != "disk":
-            continue
-        if dev not in overlays:
-            devices.remove(disk)  # never let the restored VM open a live disk of the original
-            continue
-        _point_at_overlay(disk, overlays[dev], sockets[dev])
-    return ET.tostring(root, encoding="unicode")
-
-
-def _set_text(root: ET.Element, tag: str, text: str) -> None:
-    elem = root.find(tag)
-    if elem is None:
-        elem = ET.SubElement(root, tag)
-    elem.text = text
-
-
-def _point_at_overlay(disk: ET.Element, overlay: Path, socket: Path) -> None:
-    disk.set("type", "file")
-    driver = disk.find("driver")
-    if driver is None:
-        driver = ET.SubElement(disk, "driver", name="qemu")
-    driver.set("type", "qcow2")
-    for tag in ("source", "backingStore", "auth", "readonly", "shareable"):
-        for elem in disk.findall(tag):
-            disk.remove(elem)
-    ET.SubElement(disk, "source", file=str(overlay))
-    backing = ET.SubElement(disk, "backingStore", type="network")
-    ET.SubElement(backing, "format", type="raw")
-    source = ET.SubElement(backing, "source", protocol="nbd")
-    ET.SubElement(source, "host", transport="unix", socket=str(socket))
-    ET.SubElement(backing, "backingStore")
+    """The saved domain XML, made safe to run next to the original (see ``domainxml``)."""
+    return domainxml.boot_xml(domainxml.parse_text(xml, "vmconfig"), name, overlays, sockets)
 
 
 def _qemu_owner() -> tuple[int, int] | None:
@@ -117,7 +75,8 @@ def boot(config: BootConfig) -> Booted:
     require_root("vbmount boot")
     backup = BackupSet(config.directory)
     xml_path = vmconfig_path(backup, config.until)
-    original = ET.fromstring(xml_path.read_text()).findtext("name") or backup.directory.name
+    root = domainxml.parse(xml_path).getroot()
+    original = root.findtext("name") or backup.directory.name
     name = config.name or f"{original}-restore"
     with libvirt_connection(config.uri) as conn:
         if name in (conn.listDefinedDomains() + [d.name() for d in conn.listAllDomains()]):

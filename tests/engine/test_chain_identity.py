@@ -134,7 +134,7 @@ def test_a_chain_with_a_hole_is_never_extended(make_vm, tmp_path: Path) -> None:
         assert code == 4, text
         assert text.splitlines()[-1] == (
             f"vbbackup: error: cannot extend the chain in {out}: missing file in the chain: "
-            f"{missing} (checkpoint {cp(out, 1)}); earlier points can be served with until= "
+            f"{missing} (checkpoint {cp(out, 1)}); the points before it can still be read "
             f"({cp(out, 0)}); start a new chain with `vbbackup full {vm.name} -o NEW_DIR`"
         )
     assert len(chain_names(out)) == 3

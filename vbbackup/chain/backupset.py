@@ -140,6 +140,19 @@ def parse_data_name(path: Path) -> DataFile | None:
     return DataFile(path, m["disk"], DIFF, m["ts"])
 
 
+def read_checkpoint_list(path: Path) -> tuple[str, ...]:
+    """A ``DOMAIN.cpt`` file: the one parser of it (every problem a ``ChainError``)."""
+    try:
+        names = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise ChainError(f"cannot read {path}: {err.strerror}") from None
+    except ValueError as err:  # UnicodeDecodeError is one
+        raise ChainError(f"{path}: bad checkpoint list: {err}") from None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ChainError(f"{path}: checkpoint list is not a JSON array of names")
+    return tuple(names)
+
+
 def start_at_full(names: list[str], full: StreamMeta | None) -> list[str]:
     """Drop the checkpoints a consolidated full (``vbbackup consolidate``) merged.
 
@@ -198,7 +211,7 @@ class BackupSet:
             if len(self._files) > 1:
                 raise ChainError(
                     f"{self.directory} holds several disks ({', '.join(self.disks)}): "
-                    "choose one (disk=)"
+                    "choose one (--disk NAME; the nbdkit plugin: disk=NAME)"
                 )
             return self.disks[0]
         if disk not in self._files:
@@ -263,7 +276,7 @@ class BackupSet:
         if state.missing and (until is None or until in state.unreachable):
             raise ChainError(
                 f"missing file in the chain: {state.missing}; "
-                f"earlier points can be served with until= ({known})"
+                f"the points before it can still be read ({known})"
             )
         if until is None:
             return state.points[-1]
@@ -279,13 +292,7 @@ class BackupSet:
         if len(cpts) > 1:
             names = ", ".join(p.name for p in cpts)
             raise ChainError(f"{self.directory} holds several checkpoint lists ({names})")
-        try:
-            names = json.loads(cpts[0].read_text())
-        except (ValueError, UnicodeDecodeError) as err:
-            raise ChainError(f"{cpts[0]}: bad checkpoint list: {err}") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ChainError(f"{cpts[0]}: checkpoint list is not a JSON array of names")
-        return tuple(names)
+        return read_checkpoint_list(cpts[0])
 
     def _chain_names(self, disk: str, by_level: dict[str, list[DataFile]]) -> list[str]:
         """Checkpoint names in chain order: the .cpt list, else the metas' links."""

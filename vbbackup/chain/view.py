@@ -28,6 +28,7 @@ from vbbackup.format.sums import SumsChecker
 from vbbackup.fsutil import read_sums, sums_path
 
 _ZEROS = memoryview(bytes(1024 * 1024))
+_CHECK_STEP = 128 * 1024
 
 
 class PointInTimeView:
@@ -144,8 +145,13 @@ class PointInTimeView:
             span = dst
         else:
             span = memoryview(bytearray(hi - lo))
-        self._pread(span, layer, pos)
-        checker.check(frame, 0, lo // p, span, index.starts[frame] + lo, pos)
+        # read and check in steps that stay in the CPU cache between the two
+        step = max(p, _CHECK_STEP // p * p)
+        disk = index.starts[frame] + lo
+        for off in range(0, len(span), step):
+            part = span[off : off + step]
+            self._pread(part, layer, pos + off)
+            checker.check(frame, 0, (lo + off) // p, part, disk + off, pos + off)
         if span is not dst:
             dst[:] = span[in_frame - lo : in_frame - lo + len(dst)]
 

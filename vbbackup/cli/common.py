@@ -29,3 +29,16 @@ class ErrorHandlingGroup(click.Group):
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(1)
+        except OSError as err:  # a path the library did not expect: still one line, no traceback
+            click.echo(f"{ctx.find_root().info_name}: error: {os_error_text(err)}", err=True)
+            sys.exit(1)
+
+
+def os_error_text(err: OSError) -> str:
+    """``cannot write /x/y: Read-only file system`` from an OSError's parts."""
+    what = err.strerror or str(err)
+    if err.filename is None:
+        return what
+    if err.filename2 is not None:
+        return f"{err.filename} -> {err.filename2}: {what}"
+    return f"{err.filename}: {what}"

@@ -249,15 +249,16 @@ class _Run:
         stack.enter_context(domain_lock(config.domain, self.dom.UUIDString()))
 
     def _open_output(self, stack: ExitStack) -> None:
-        """The directory, the level ``auto`` resolves to, and the run's own log."""
-        self.out.create()
+        """The level ``auto`` resolves to, the chain it extends, then the directory and the
+        run's own log: a run refused for its options or its chain leaves nothing behind."""
         self.level = _resolve_level(self.config.level, self.out)
         check_options(self.level, self.ops, auto=self.config.level == AUTO)
-        if not self.ops.estimate:
-            stack.enter_context(_run_log(self.out, self.level))
         if self.level in (INC, DIFF):
             _require_chain(self.out, self.out.checkpoints())
             _require_whole_chain(self.out, self.out.checkpoints())
+        if not self.ops.estimate:
+            self.out.create()
+            stack.enter_context(_run_log(self.out, self.level))
         log.info("vbbackup %s of %s into %s", self.level, self.config.domain, self.out.path)
 
     def _inspect_domain(self, stack: ExitStack) -> None:

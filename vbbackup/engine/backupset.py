@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vbbackup.errors import ChainError, TargetExistsError, VbError
+from vbbackup.chain.backupset import read_checkpoint_list
+from vbbackup.errors import TargetExistsError, VbError
 from vbbackup.format.sums import SUMS_SUFFIX
 from vbbackup.fsutil import PARTIAL_SUFFIX, write_small_file
 
@@ -54,19 +55,9 @@ class BackupDir:
 
     def checkpoints(self) -> list[str]:
         """The chain's checkpoint names from ``DOMAIN.cpt``; [] when there is none."""
-        try:
-            text = self.cpt_path.read_text()
-        except FileNotFoundError:
+        if not self.cpt_path.exists():
             return []
-        except OSError as err:
-            raise ChainError(f"cannot read {self.cpt_path}: {err.strerror}") from None
-        try:
-            names = json.loads(text)
-        except json.JSONDecodeError:
-            raise ChainError(f"{self.cpt_path} is not a JSON list of checkpoint names") from None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ChainError(f"{self.cpt_path} is not a JSON list of checkpoint names")
-        return names
+        return list(read_checkpoint_list(self.cpt_path))
 
     def write_checkpoints(self, names: list[str]) -> None:
         write_small_file(self.cpt_path, json.dumps(names).encode())

@@ -36,6 +36,7 @@ from vbbackup import fsutil
 from vbbackup.chain import DIFF, FULL, INC, BackupSet, DataFile, PointInTime, PointInTimeView
 from vbbackup.errors import ChainError, VbError
 from vbbackup.format import MAX_CHUNK, StreamMeta, StreamWriter
+from vbbackup.virt.checkpoints import chain_of
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ def plan(config: ConsolidateConfig) -> list[DiskPlan]:
         if not base:
             raise ChainError(f"disk {disk} in {config.directory} has no full backup to merge into")
         names = [p.name for p in base]
-        until = config.until or names[-1]
+        listed = [n for n in backup_set.checkpoints or () if chain_of(n) is not None]
+        until = config.until or (listed[-1] if listed else names[-1])
         if until not in names:
+            backup_set.resolve(disk, until)  # a file missing in the chain: its own message
             raise ChainError(
                 f"unknown checkpoint {until!r} for disk {disk} (chain: {', '.join(names)})"
             )

@@ -1,4 +1,4 @@
-"""The saved domain XML of a backup: what restore reads from it and how it rewrites it.
+"""The saved domain XML of a backup: what restore and boot read from it and how they rewrite it.
 
 ``--adjust-config`` turns the XML saved with a backup into one that can be
 defined next to the original domain::
@@ -39,6 +39,14 @@ def parse(path: Path) -> etree._ElementTree:
         return etree.parse(str(path), etree.XMLParser(remove_blank_text=False))
     except (OSError, etree.XMLSyntaxError) as err:
         raise VbError(f"{path}: cannot read the saved domain XML: {err}") from None
+
+
+def parse_text(xml: str, what: str) -> etree._Element:
+    """A domain XML held in memory; ``what`` names it in the one-line error."""
+    try:
+        return etree.fromstring(xml.encode())
+    except etree.XMLSyntaxError as err:
+        raise VbError(f"{what}: cannot read the saved domain XML: {err}") from None
 
 
 def domain_name(tree: etree._ElementTree) -> str:
@@ -118,3 +126,55 @@ def _point_disk_at(disk: etree._Element, path: Path, fmt: str) -> None:
     source = etree.Element("source", file=str(path))
     source.tail = driver.tail
     driver.addnext(source)
+
+
+def boot_xml(
+    root: etree._Element, name: str, overlays: Mapping[str, Path], sockets: Mapping[str, Path]
+) -> str:
+    """``vbmount boot``: the saved XML running on qcow2 overlays over NBD exports.
+
+    Safe next to the original: a new name, no UUID, NVRAM or MAC addresses, and
+    every disk that is not served removed (never open a live disk of the original).
+    """
+    root = etree.fromstring(etree.tostring(root))
+    for uuid in root.findall("uuid"):
+        root.remove(uuid)
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = etree.SubElement(root, "name")
+    name_el.text = name
+    root.attrib.pop("id", None)
+    for parent_path, tag in (("os", "nvram"), ("devices/interface", "mac")):
+        for parent in root.findall(parent_path):
+            for child in parent.findall(tag):
+                parent.remove(child)
+    devices = root.find("devices")
+    if devices is None:
+        raise VbError("the saved domain configuration has no <devices>")
+    for disk in devices.findall("disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if disk.get("device", "disk") != "disk":
+            continue
+        if dev not in overlays:
+            devices.remove(disk)
+            continue
+        _point_disk_at_overlay(disk, overlays[dev], sockets[dev])
+    return etree.tostring(root, encoding="unicode")
+
+
+def _point_disk_at_overlay(disk: etree._Element, overlay: Path, socket: Path) -> None:
+    disk.set("type", "file")
+    driver = disk.find("driver")
+    if driver is None:
+        driver = etree.SubElement(disk, "driver", name="qemu")
+    driver.set("type", "qcow2")
+    for tag in ("source", "backingStore", "auth", "readonly", "shareable"):
+        for elem in disk.findall(tag):
+            disk.remove(elem)
+    etree.SubElement(disk, "source", file=str(overlay))
+    backing = etree.SubElement(disk, "backingStore", type="network")
+    etree.SubElement(backing, "format", type="raw")
+    source = etree.SubElement(backing, "source", protocol="nbd")
+    etree.SubElement(source, "host", transport="unix", socket=str(socket))
+    etree.SubElement(backing, "backingStore")

@@ -29,7 +29,7 @@ from lxml import etree
 from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
 from vbbackup.engine import domainxml
 from vbbackup.engine.copyout import FORMATS, Export, copy_out
-from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError
+from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
 from vbbackup.virt.connection import error_text, libvirt_connection
 
@@ -124,12 +124,20 @@ def plan(config: RestoreConfig) -> Plan:
     adjust = config.adjust_config or config.define
     if adjust and tree is None:
         raise ChainError(f"no saved domain XML (vmconfig.*.xml) in {backup.directory}")
+    if adjust and not config.name and not domain:
+        raise UsageError(
+            f"the saved domain XML {xml_path} has no <name>: give the restored domain one "
+            "with --name"
+        )
     new_name = config.name or f"restore_{domain}"
+    if config.define:
+        _refuse_existing_domain(config.uri, new_name)
     config_out = None
     if xml_path is not None:
         config_out = output / (f"{new_name}.xml" if adjust else xml_path.name)
     boot = _boot_plan(backup.directory, tree, output, main) if tree is not None else {}
     result = Plan(tuple(disks), xml_path, domain, config_out, boot)
+    _refuse_non_files(result)
     if not config.force:
         _refuse_existing(result)
     return result
@@ -141,7 +149,10 @@ def restore(
     """Write every planned image, boot file and the domain XML; define it if asked."""
     the_plan = restore_plan or plan(config)
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VbError(f"cannot create restore directory {output}: {err.strerror}") from None
     result = RestoreResult()
     for disk in the_plan.disks:
         started = time.monotonic()
@@ -238,12 +249,37 @@ def _boot_plan(
 
 
 def _refuse_existing(the_plan: Plan) -> None:
+    for target in _targets(the_plan):
+        if target.exists():
+            raise TargetExistsError(f"{target} already exists; refusing to overwrite it (--force)")
+
+
+def _targets(the_plan: Plan) -> list[Path]:
     targets = [d.image for d in the_plan.disks] + [t for _, t in the_plan.boot.values()]
     if the_plan.config_out is not None:
         targets.append(the_plan.config_out)
-    for target in targets:
-        if target.exists():
-            raise TargetExistsError(f"{target} already exists; refusing to overwrite it (--force)")
+    return targets
+
+
+def _refuse_non_files(the_plan: Plan) -> None:
+    """--force replaces files (or writes into a block device), never a directory."""
+    for target in _targets(the_plan):
+        if target.is_dir():
+            raise TargetExistsError(
+                f"{target} is a directory; a restore replaces files only (--force or not)"
+            )
+
+
+def _refuse_existing_domain(uri: str, name: str) -> None:
+    """--define: checked before a byte is written, so no images are left behind."""
+    with libvirt_connection(uri) as conn:
+        try:
+            conn.lookupByName(name)
+        except libvirt.libvirtError:
+            return
+    raise TargetExistsError(
+        f"a domain named {name!r} exists already; --define needs a new name (--name)"
+    )
 
 
 def _copy_file(source: Path, target: Path, overwrite: bool) -> None:

@@ -8,7 +8,6 @@ so the user sees all of them at once.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,12 @@ from pathlib import Path
 from lxml import etree
 
 from vbbackup.chain import COPY, DIFF, FULL, INC, DataFile, read_meta
-from vbbackup.chain.backupset import follow_parents, parse_data_name, start_at_full
+from vbbackup.chain.backupset import (
+    follow_parents,
+    parse_data_name,
+    read_checkpoint_list,
+    start_at_full,
+)
 from vbbackup.errors import ChainError, VbError
 from vbbackup.format import StreamMeta
 from vbbackup.fsutil import PARTIAL_SUFFIX, checksum_path
@@ -132,14 +136,10 @@ def _read_cpt(result: Survey) -> tuple[str, ...] | None:
     path = cpts[0]
     result.domain = path.name[: -len(".cpt")]
     try:
-        names = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        result.problems.append(Problem(path, f"bad checkpoint list: {err}"))
+        return read_checkpoint_list(path)
+    except ChainError as err:
+        result.problems.append(Problem(path, str(err).removeprefix(f"{path}: ")))
         return None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        result.problems.append(Problem(path, "checkpoint list is not a JSON array of names"))
-        return None
-    return tuple(names)
 
 
 def _chain_order(entries: list[FileEntry], checkpoints: tuple[str, ...] | None) -> list[FileEntry]:
