@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import click
@@ -61,11 +63,12 @@ def test_info_text_and_json(backup: Path) -> None:
 def test_info_names_a_missing_incremental(backup: Path) -> None:
     (backup / "vm.cpt").write_text('["virtnbdbackup.0", "virtnbdbackup.1", "virtnbdbackup.2"]')
     result = run("info", str(backup))
-    assert result.exit_code == 0
+    assert result.exit_code == 4
     assert (
         f"{backup}/vda.inc.virtnbdbackup.2.data: missing incremental (checkpoint virtnbdbackup.2)"
         in result.output
     )
+    assert result.output.splitlines()[-1] == f"vbbackup: error: 1 problem(s) found in {backup}"
 
 
 def test_verify_sound(backup: Path) -> None:
@@ -174,3 +177,61 @@ def test_add_sums_then_damage_is_named(backup: Path) -> None:
     assert restored.exit_code != 0
     assert restored.output.startswith(f"vbbackup: error: {path}: at byte "), restored.output
     assert not (out / "vda.raw").exists()
+
+
+def test_info_after_a_killed_full_names_the_partial(tmp_path: Path) -> None:
+    (tmp_path / "vda.full.data.partial").write_bytes(b"meta")
+    result = run("info", str(tmp_path))
+    assert (result.exit_code, result.output) == (
+        4,
+        f"vbbackup: error: no finished backup data files in {tmp_path}: vda.full.data.partial "
+        "is what a backup that did not finish left (run the backup again)\n",
+    )
+
+
+def test_restore_refuses_a_directory_where_an_image_goes(backup: Path) -> None:
+    out = backup.parent / "out"
+    (out / "vda.raw").mkdir(parents=True)
+    result = run("restore", str(backup), "-o", str(out), "--format", "raw", "--force")
+    assert (result.exit_code, result.output) == (
+        5,
+        f"vbbackup: error: {out}/vda.raw is a directory; a restore replaces files only "
+        "(--force or not)\n",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a read-only tmpfs")
+def test_restore_onto_a_read_only_file_system(backup: Path, tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", str(ro)], check=True)
+    try:
+        result = run("restore", str(backup), "-o", str(ro / "out"), "--format", "raw")
+        assert (result.exit_code, result.output) == (
+            1,
+            f"vbbackup: error: cannot create restore directory {ro}/out: Read-only file system\n",
+        )
+        result = run("restore", str(backup), "-o", str(ro), "--format", "raw")
+        assert (result.exit_code, result.output) == (
+            1,
+            f"vbbackup: error: {ro}/vda.raw.partial: Read-only file system\n",
+        )
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_adjust_config_without_a_name_asks_for_one(backup: Path) -> None:
+    (backup / "vmconfig.virtnbdbackup.1.xml").write_text("<domain type='kvm'><devices/></domain>")
+    result = run("restore", str(backup), "-o", str(backup.parent / "o"), "--adjust-config")
+    assert result.exit_code == 2
+    assert "has no <name>: give the restored domain one with --name" in result.output
+    assert not (backup.parent / "o").exists()
+
+
+def test_consolidate_names_the_missing_incremental(backup: Path) -> None:
+    (backup / "vm.cpt").write_text('["virtnbdbackup.0", "virtnbdbackup.1", "virtnbdbackup.2"]')
+    result = run("consolidate", str(backup))
+    assert result.exit_code == 4
+    assert result.output.startswith(
+        f"vbbackup: error: missing file in the chain: {backup}/vda.inc.virtnbdbackup.2.data"
+    )

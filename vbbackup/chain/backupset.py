@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from vbbackup.errors import ChainError, StreamFormatError
 from vbbackup.format import StreamMeta, frames
+from vbbackup.fsutil import PARTIAL_SUFFIX
 
 FULL: Final = "full"
 INC: Final = "inc"
@@ -140,6 +141,17 @@ def parse_data_name(path: Path) -> DataFile | None:
     return DataFile(path, m["disk"], DIFF, m["ts"])
 
 
+def no_data_files(directory: Path) -> str:
+    """The message for a directory without data files, naming a backup that did not finish."""
+    partials = sorted(p.name for p in directory.glob(f"*.data{PARTIAL_SUFFIX}"))
+    if partials:
+        return (
+            f"no finished backup data files in {directory}: {', '.join(partials)} "
+            "is what a backup that did not finish left (run the backup again)"
+        )
+    return f"no backup data files (*.data) in {directory}"
+
+
 def read_checkpoint_list(path: Path) -> tuple[str, ...]:
     """A ``DOMAIN.cpt`` file: the one parser of it (every problem a ``ChainError``)."""
     try:
@@ -192,7 +204,7 @@ class BackupSet:
             if data is not None and entry.is_file():
                 self._files.setdefault(data.disk, []).append(data)
         if not self._files:
-            raise ChainError(f"no backup data files (*.data) in {self.directory}")
+            raise ChainError(no_data_files(self.directory))
         self.checkpoints: tuple[str, ...] | None = self._read_cpt()
         self._metas: dict[Path, StreamMeta] = {}
         self._points: dict[str, _Points] = {}

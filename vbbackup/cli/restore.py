@@ -14,7 +14,7 @@ from vbbackup.engine.info import InfoConfig, human_size, info, render
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
 from vbbackup.engine.verify import add_sums as add_sums_to
-from vbbackup.errors import VerifyError
+from vbbackup.errors import ChainError, VerifyError
 
 
 class _Display:
@@ -136,9 +136,13 @@ def restore_command(
 @_backup_dir
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info_command(directory: Path, as_json: bool) -> None:
-    """Show the chain of backup set DIR: checkpoints, backups, sizes, problems."""
+    """Show the chain of backup set DIR: checkpoints, backups, sizes, problems.
+
+    Exits 4 when it lists problems."""
     report = info(InfoConfig(directory))
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    if report["problems"]:  # listed above; a script must not read them as a sound set
+        raise ChainError(f"{len(report['problems'])} problem(s) found in {directory}")
 
 
 @click.command("verify")

@@ -17,6 +17,7 @@ from lxml import etree
 from vbbackup.chain import COPY, DIFF, FULL, INC, DataFile, read_meta
 from vbbackup.chain.backupset import (
     follow_parents,
+    no_data_files,
     parse_data_name,
     read_checkpoint_list,
     start_at_full,
@@ -101,7 +102,7 @@ def survey(directory: Path | str) -> Survey:
             continue
         found.setdefault(data.disk, []).append(_entry(data, result))
     if not found:
-        raise ChainError(f"no backup data files (*.data) in {directory}")
+        raise ChainError(no_data_files(directory))
     for disk, entries in sorted(found.items()):
         result.disks[disk] = _chain_order(entries, result.checkpoints)
         _check_disk(disk, result)
