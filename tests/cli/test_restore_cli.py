@@ -235,3 +235,20 @@ def test_consolidate_names_the_missing_incremental(backup: Path) -> None:
     assert result.output.startswith(
         f"vbbackup: error: missing file in the chain: {backup}/vda.inc.virtnbdbackup.2.data"
     )
+
+
+def test_add_sums_refuses_a_damaged_file(backup: Path) -> None:
+    for path in backup.glob("*.sums"):
+        path.unlink()
+    path = backup / "vda.full.data"
+    data = bytearray(path.read_bytes())
+    data[-300] ^= 1  # its .chksum no longer matches
+    path.write_bytes(bytes(data))
+    result = run("verify", str(backup), "--add-sums")
+    assert result.exit_code == 9
+    assert f"problem: {path}: adler32 " in result.output
+    last = result.output.splitlines()[-1]
+    assert last.startswith("vbbackup: error: ")
+    assert last.endswith(f"problem(s) found in {backup}: no sums added for damaged files")
+    assert not (backup / "vda.full.data.sums").exists()
+    assert (backup / "vda.inc.virtnbdbackup.1.data.sums").exists()

@@ -41,7 +41,7 @@ from vbbackup.engine.backup_ops import (
 )
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
 from vbbackup.engine.diskstream import copy_extents
-from vbbackup.engine.lock import domain_lock
+from vbbackup.engine.lock import directory_lock, domain_lock
 from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import (
     ChainError,
@@ -247,6 +247,7 @@ class _Run:
         self.ssh, self.tcp = ssh_prefix(config.uri), nbd_tcp(config.uri, self.ops)  # remote
         tls_dir(self.ops)  # --tls: the client certificates are there before anything starts
         stack.enter_context(domain_lock(config.domain, self.dom.UUIDString()))
+        stack.enter_context(directory_lock(config.output, "backing up into it"))
 
     def _open_output(self, stack: ExitStack) -> None:
         """The level ``auto`` resolves to, the chain it extends, then the directory and the

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from vbbackup import fsutil
 from vbbackup.chain import DIFF, FULL, INC, BackupSet, DataFile, PointInTime, PointInTimeView
+from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, VbError
 from vbbackup.format import MAX_CHUNK, StreamMeta, StreamWriter
 from vbbackup.virt.checkpoints import chain_of
@@ -106,6 +107,11 @@ def _refuse_orphaned_diffs(points: list[PointInTime], until: PointInTime, disk: 
 
 def consolidate(config: ConsolidateConfig, report: Callable[[str], None] = print) -> None:
     """Write each disk's synthetic full, then drop the incrementals it holds."""
+    with directory_lock(config.directory, "consolidating it"):
+        _consolidate(config, report)
+
+
+def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> None:
     plans = plan(config)
     for item in plans:
         if not item.merged:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vbbackup.chain.backupset import read_meta
 from vbbackup.engine.info import human_size
+from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, UsageError
 
 PRUNING_SUFFIX = ".pruning"
@@ -108,7 +109,8 @@ def prune(config: PruneConfig, report: Callable[[str], None] = print) -> PruneRe
     for chain in old:
         report(f"{verb} {chain.path} ({_summary(chain)})")
         if not config.dry_run:
-            _remove(chain.path)
+            with directory_lock(chain.path, "pruning it"):  # never under a running backup
+                _remove(chain.path)
     for chain in kept:
         report(f"keeping {chain.path} ({_summary(chain)})")
     if not chains:

@@ -29,6 +29,7 @@ from lxml import etree
 from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
 from vbbackup.engine import domainxml
 from vbbackup.engine.copyout import FORMATS, Export, copy_out
+from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
 from vbbackup.virt.connection import error_text, libvirt_connection
@@ -147,7 +148,12 @@ def restore(
     config: RestoreConfig, restore_plan: Plan | None = None, progress: Progress | None = None
 ) -> RestoreResult:
     """Write every planned image, boot file and the domain XML; define it if asked."""
-    the_plan = restore_plan or plan(config)
+    output = Path(config.output)
+    with directory_lock(output, "restoring into it"):
+        return _restore(config, restore_plan or plan(config), progress)
+
+
+def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -> RestoreResult:
     output = Path(config.output)
     try:
         output.mkdir(parents=True, exist_ok=True)

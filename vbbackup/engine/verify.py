@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vbbackup.chain import COPY, DIFF, FULL, INC
+from vbbackup.engine.lock import directory_lock
 from vbbackup.engine.survey import FileEntry, Problem, Survey, survey
 from vbbackup.errors import ChainError, StreamFormatError, VbError
 from vbbackup.format import HEADER_SIZE, KIND_DATA, PayloadReader, StreamIndex, read_index
@@ -164,6 +165,11 @@ def add_sums(directory: Path) -> AddSumsResult:
     A file is given sums only when every check ``verify`` can make passes: its
     ``.chksum`` where there is one, its structure, and its lz4 frames.
     """
+    with directory_lock(directory, "adding checksums to it"):
+        return _add_sums(directory)
+
+
+def _add_sums(directory: Path) -> AddSumsResult:
     found = survey(directory)
     result = AddSumsResult([], [], [], [])
     for entry in found.files():
@@ -172,7 +178,7 @@ def add_sums(directory: Path) -> AddSumsResult:
             continue
         checked = verify_file(entry.path)
         if not checked.sound:
-            result.refused += checked.problems
+            result.refused.extend(checked.problems)
             continue
         with open(entry.path, "rb") as f:
             reader = PayloadReader(f, read_index(f, str(entry.path)), cache_chunks=0)
