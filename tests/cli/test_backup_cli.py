@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,7 @@ def test_full_disk_is_one_line_and_leaves_no_file(make_vm, tmp_path: Path) -> No
         )
         assert not list((mnt / "set").glob("*.data*"))
         assert not list((mnt / "set").glob("*.cpt"))
+        assert vm.dom.listAllCheckpoints() == []  # the run's checkpoint went with it
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
     assert vm.dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
@@ -182,6 +184,8 @@ def test_sigterm_ends_the_job_and_keeps_nothing_half_written(make_vm, tmp_path: 
     assert vm.dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE
     assert not list(out.glob("*.partial")) and not list(out.glob("*.data"))
     assert not list(Path("/var/tmp").glob(f"vbbackup-{vm.name}-{proc.pid}.*"))
+    assert vm.dom.listAllCheckpoints() == []  # the run's checkpoint went with it
+    assert not (out / ".vbbackup-pending").exists()
 
 
 @pytest.mark.integration
@@ -266,3 +270,65 @@ def test_inc_after_a_resize_says_to_start_a_new_chain(make_vm, tmp_path: Path) -
         f"vbbackup: error: disk vda changed size since the full backup ({16 * MiB} -> "
         f"{32 * MiB} bytes): start a new chain with `vbbackup full` into a new directory\n"
     )
+
+
+def _kill_between_disks(vm: TestVM, level: str, out: Path) -> None:
+    """Disks one at a time: kill -9 once vda's stream is finished and vdb's is half written."""
+    proc = subprocess.Popen(
+        [*VBBACKUP, level, vm.name, "-o", str(out), "--compress=16", "--workers", "1",
+         "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    pattern = "vda.full.data" if level == "full" else f"vda.{level}.*.data"
+    while time.monotonic() < deadline and proc.poll() is None:
+        finished = list(out.glob(pattern))
+        partial = list(out.glob("vdb.*.data.partial"))
+        half = False
+        with contextlib.suppress(FileNotFoundError):
+            half = bool(partial) and partial[0].stat().st_size > MiB
+        if finished and half:
+            proc.kill()
+            proc.communicate()
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"never between the disks: {proc.communicate()}")
+
+
+@pytest.mark.integration
+def test_sigkill_between_disks_leaves_no_point_that_covers_some(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 8 * MiB), DiskSpec("vdb", 64 * MiB)])
+    vm.write("vda", 0, os.urandom(2 * MiB))
+    for off in range(0, 48 * MiB, 4 * MiB):
+        vm.write("vdb", off, os.urandom(4 * MiB))
+    out = tmp_path / "set"
+    _kill_between_disks(vm, "full", out)  # a killed full into a fresh directory
+    code, _, err = run("full", vm.name, "-o", str(out), "--no-progress")  # is not blocked
+    assert code == 0, err
+    assert "removing files of a run that did not finish: vda.full.data" in err
+    assert [c.getName() for c in vm.dom.listAllCheckpoints()] == [cp(out, 0)]
+
+    vm.write("vda", 4 * MiB, os.urandom(MiB))
+    for off in range(0, 40 * MiB, 4 * MiB):  # a slow second disk again
+        vm.write("vdb", off, os.urandom(4 * MiB))
+    expected = {t: vm.expected(t) for t in ("vda", "vdb")}
+    _kill_between_disks(vm, "diff", out)
+    (diff,) = out.glob("vda.diff.*.data")  # finished, but its run never committed
+    code, text, err = run("info", str(out))
+    assert code == 0, err
+    assert f"Warning: {diff}: written by a backup that did not finish (not committed)" in text
+    assert "diff." not in text.split("Disk vda:")[0]  # not a point of the chain
+    restored = tmp_path / "restored"
+    code, _, err = run("restore", str(out), "-o", str(restored), "--format", "raw")
+    assert code == 0, err
+    assert (restored / "vda.raw").read_bytes() != expected["vda"].read_bytes()  # the full's
+    code, _, err = run("diff", vm.name, "-o", str(out), "--no-progress")
+    assert code == 0, err
+    assert f"removing files of a run that did not finish: {diff.name}" in err
+    assert not diff.exists()
+    for target in ("vda", "vdb"):
+        shutil.rmtree(restored)
+        code, _, err = run("restore", str(out), "-o", str(restored), "--format", "raw",
+                           "--disk", target)  # fmt: skip
+        assert code == 0, err
+        assert_identical(restored / f"{target}.raw", expected[target], fmt="raw")

@@ -24,7 +24,7 @@ from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.engine.backup import BackupConfig, run_backup
 from vbbackup.engine.restore import RestoreConfig, restore
 from vbbackup.engine.verify import VerifyConfig, verify
-from vbbackup.errors import LibvirtError
+from vbbackup.errors import TargetExistsError
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -129,9 +129,11 @@ def test_defined_domain_keeps_the_backed_up_raw_disk_and_starts(
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         assert dom.isActive()
         dom.destroy()
+        before = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
         again = RestoreConfig(out, target, define=True, name=name, force=True)
-        with pytest.raises(LibvirtError, match=f"defining the restored domain failed: .*{name}"):
-            restore(again)
+        with pytest.raises(TargetExistsError, match=f"a domain named '{name}' exists already"):
+            restore(again)  # refused before a byte is written
+        assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == before
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()

@@ -16,6 +16,7 @@ Point names are those ``vbbackup.chain`` uses (a differential is
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -159,8 +160,9 @@ def _make_chain(
         if level == "diff":
             (new,) = set(outdir.glob(f"{target}.diff.*.data")) - before
             name = "diff." + new.name.split(".")[2]
-        else:
-            name = f"virtnbdbackup.{n_checkpoints}"
+        else:  # virtnbdbackup.N, or vbbackup.<chain id>.N: the name the set recorded
+            (cpt,) = outdir.glob("*.cpt")
+            name = json.loads(cpt.read_text())[n_checkpoints]
             n_checkpoints += 1
         points.append((name, vm.expected(target)))
     return points

@@ -74,7 +74,7 @@ def test_points_match_the_chain(vnb_set: tuple[Path, list[tuple[str, Path]]]) ->
     assert [p.name for p in bset.points()] == [name for name, _ in points]
     info = bset.disk_info()
     assert (info.name, info.virtual_size, info.disk_format) == ("vda", SIZE, "qcow2")
-    qemu = bset.qemu_info(bset.resolve(until="virtnbdbackup.1"))
+    qemu = bset.qemu_info(bset.resolve(until=points[1][0]))
     assert qemu is not None and qemu["virtual-size"] == SIZE
 
 

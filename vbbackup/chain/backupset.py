@@ -141,6 +141,41 @@ def parse_data_name(path: Path) -> DataFile | None:
     return DataFile(path, m["disk"], DIFF, m["ts"])
 
 
+PENDING_NAME: Final = ".vbbackup-pending"
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """The commit record of a backup run that has not finished (or was killed).
+
+    Written before the job starts, removed when the run commits (``DOMAIN.cpt``
+    for full/inc, the record's own removal for diff/copy). While it exists the
+    data files it lists are not part of the set.
+    """
+
+    level: str
+    checkpoint: str | None
+    files: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"level": self.level, "checkpoint": self.checkpoint, "files": list(self.files)}
+        ).encode()
+
+
+def read_pending(directory: Path) -> PendingRun | None:
+    """The directory's commit record; an unreadable one counts as none (and is reported)."""
+    try:
+        record = json.loads((directory / PENDING_NAME).read_bytes().decode("utf-8"))
+        files = tuple(str(f) for f in record["files"])
+        checkpoint = record.get("checkpoint")
+        return PendingRun(str(record["level"]), str(checkpoint) if checkpoint else None, files)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ChainError(f"{directory / PENDING_NAME}: unreadable commit record: {err}") from None
+
+
 def no_data_files(directory: Path) -> str:
     """The message for a directory without data files, naming a backup that did not finish."""
     partials = sorted(p.name for p in directory.glob(f"*.data{PARTIAL_SUFFIX}"))
@@ -199,9 +234,11 @@ class BackupSet:
                 raise ChainError(f"not a directory: {self.directory}")
             raise ChainError(f"backup directory does not exist: {self.directory}")
         self._files: dict[str, list[DataFile]] = {}
+        self.pending = read_pending(self.directory)
+        uncommitted = set(self.pending.files) if self.pending else set()
         for entry in sorted(self.directory.iterdir()):
             data = parse_data_name(entry)
-            if data is not None and entry.is_file():
+            if data is not None and entry.is_file() and entry.name not in uncommitted:
                 self._files.setdefault(data.disk, []).append(data)
         if not self._files:
             raise ChainError(no_data_files(self.directory))

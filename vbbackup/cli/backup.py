@@ -14,6 +14,7 @@ import click
 from vbbackup.cli.ops_options import backup_options, ops_options
 from vbbackup.cli.progress import CliReporter
 from vbbackup.engine.backup import BackupConfig, run_backup
+from vbbackup.virt.agent import consistency_line
 
 DEFAULT_ROOT = Path("/var/lib/vbbackup")
 _HELP = {
@@ -87,7 +88,10 @@ def _make_command(level: str) -> click.Command:
             raw=raw,
             ops=backup_options(**ops),
         )
-        result = run_backup(config, CliReporter(quiet or verbose, not no_progress))
+        reporter = CliReporter(quiet or verbose, not no_progress)
+        result = run_backup(config, reporter)
+        if result.consistency is not None:
+            reporter.info(consistency_line(result.consistency))
         if as_json:
             click.echo(json.dumps(result.to_dict(), indent=2))
         elif result.estimate is not None:  # the command's result: stdout, even with -q

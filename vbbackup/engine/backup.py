@@ -23,10 +23,12 @@ from typing import Any
 import libvirt
 
 from vbbackup.chain import BackupSet, PointInTimeView
+from vbbackup.chain.backupset import PendingRun
 from vbbackup.engine.backup_ops import (
     BackupOptions,
     BrokenChainError,
     Estimate,
+    Say,
     below_threshold,
     check_bitmaps,
     check_options,
@@ -233,8 +235,10 @@ class _Run:
             job = self._begin_job(stack, plans, parent, new_cp)
             self._save_side_files(ident or COPY, new_cp)
             results = _backup_disks(job, plans, self.config, self.reporter)
-            if new_cp:
+            if new_cp:  # the commit (it removes the commit record)
                 self.out.write_checkpoints([*(self.chain if self.level == INC else []), new_cp])
+            else:
+                self.out.clear_pending()
             result = self._result(new_cp, results)
             log.info("done in %.1f s", result.seconds)
             return result
@@ -325,8 +329,10 @@ class _Run:
         """The pull job (and the new checkpoint), guest filesystems frozen around its start."""
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
         others = [d.target for d in self.all_disks if d.target not in chain_targets]
-        if new_cp:
-            self.out.mark_pending(new_cp)
+        self.out.mark_pending(PendingRun(self.level, new_cp, tuple(p.path.name for p in plans)))
+        # runs after the job has ended (the stack unwinds in reverse): a run that fails, is
+        # interrupted (SIGTERM, SIGINT, SIGHUP) or fills the disk undoes itself
+        stack.callback(self._undo_uncommitted)
         freezer = freeze(self.dom, self.ops, self.say)
         with freezer:  # thawed as soon as the job has begun
             job = stack.enter_context(
@@ -344,8 +350,15 @@ class _Run:
                 )
             )
         self.consistency = freezer.consistency()
-        self.say(consistency_line(self.consistency))
+        log.info("%s", consistency_line(self.consistency))  # the summary says it at the end
         return job
+
+    def _undo_uncommitted(self) -> None:
+        """What this run made (checkpoint, finished files), unless it committed."""
+        try:  # into the run's log only: the error stays the one line on stderr
+            _undo_pending(self.out, self.cps, log.info, "this run, which did not finish")
+        except VbError as err:  # the run's own error matters more; the next run retries
+            log.warning("could not undo the unfinished run: %s", err)
 
     def _save_side_files(self, ident: str, new_cp: str | None) -> None:
         """Checkpoint XML, domain XML, boot files and ``qemu-img info`` beside the streams."""
@@ -470,13 +483,9 @@ def _plan_checkpoints(
     reporter: Reporter,
 ) -> tuple[str | None, str | None, str]:
     """(incremental parent, checkpoint to create, checkpoint name for the meta)."""
+    _undo_pending(out, cps, reporter.info, "a run that did not finish")
     if level == COPY:
         return None, None, checkpoint_name(0)  # what virtnbdbackup writes in a copy's meta
-    pending = out.pending()
-    if pending and pending not in chain:  # created by a run that was killed before its commit
-        if cps.delete([pending]):
-            reporter.info(f"deleted checkpoints {pending} of a run that did not finish")
-        out.clear_pending()
     if level == FULL:  # a chain of its own: other chains' checkpoints stay (see virt.checkpoints)
         out.check_new_chain()
         first = checkpoint_name(0, f"vbbackup.{new_chain_id()}")
@@ -503,6 +512,22 @@ def _plan_checkpoints(
         cps.delete(stale)
         reporter.info(f"deleted checkpoints {', '.join(stale)} of a run that did not finish")
     return parent, (nxt if level == INC else None), nxt
+
+
+def _undo_pending(out: BackupDir, cps: Checkpoints, say: Say, whose: str) -> None:
+    """Undo what an uncommitted run left (its commit record says what): checkpoint, files."""
+    pending = out.pending()
+    if pending is None:
+        return
+    committed = pending.checkpoint is not None and pending.checkpoint in out.checkpoints()
+    if not committed:
+        if pending.checkpoint and cps.delete([pending.checkpoint]):
+            say(f"deleted checkpoints {pending.checkpoint} of {whose}")
+        left = [out.path / name for name in pending.files if (out.path / name).exists()]
+        if left:
+            say(f"removing files of {whose}: {', '.join(p.name for p in left)}")
+            out.remove(left)
+    out.clear_pending()
 
 
 def _prove_identity(out: BackupDir, cps: Checkpoints, parent: str) -> None:

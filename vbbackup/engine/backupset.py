@@ -20,13 +20,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vbbackup.chain.backupset import read_checkpoint_list
+from vbbackup.chain.backupset import PENDING_NAME, PendingRun, read_checkpoint_list, read_pending
 from vbbackup.errors import TargetExistsError, VbError
 from vbbackup.format.sums import SUMS_SUFFIX
-from vbbackup.fsutil import PARTIAL_SUFFIX, write_small_file
+from vbbackup.fsutil import PARTIAL_SUFFIX, fsync_dir, write_small_file
 
 FULL, INC, DIFF, COPY = "full", "inc", "diff", "copy"
-PENDING_NAME = ".vbbackup-pending-checkpoint"  # names the checkpoint a running backup created
 
 
 class BackupDir:
@@ -63,27 +62,22 @@ class BackupDir:
         write_small_file(self.cpt_path, json.dumps(names).encode())
         self.clear_pending()
 
-    # -- the checkpoint a run creates, until DOMAIN.cpt takes it in ----------------------
+    # -- the run's commit record (chain.backupset.PendingRun) --------------------------
 
-    @property
-    def pending_path(self) -> Path:
-        return self.path / PENDING_NAME
+    def mark_pending(self, run: PendingRun) -> None:
+        """Before the job creates a checkpoint or a file: a killed run can be undone."""
+        write_small_file(self.path / PENDING_NAME, run.to_json())
 
-    def mark_pending(self, checkpoint: str) -> None:
-        """Before the job creates ``checkpoint``: a run killed after it can be cleaned up."""
-        write_small_file(self.pending_path, checkpoint.encode())
-
-    def pending(self) -> str | None:
-        try:
-            return self.pending_path.read_text().strip() or None
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError):
-            return None
+    def pending(self) -> PendingRun | None:
+        return read_pending(self.path)
 
     def clear_pending(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.pending_path.unlink()
+        """The commit of a diff or copy (full and inc commit with ``DOMAIN.cpt``)."""
+        try:
+            (self.path / PENDING_NAME).unlink()
+        except FileNotFoundError:
+            return
+        fsync_dir(self.path)
 
     # -- file names ---------------------------------------------------------------------
 

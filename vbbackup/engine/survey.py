@@ -20,6 +20,7 @@ from vbbackup.chain.backupset import (
     no_data_files,
     parse_data_name,
     read_checkpoint_list,
+    read_pending,
     start_at_full,
 )
 from vbbackup.errors import ChainError, VbError
@@ -93,12 +94,24 @@ def survey(directory: Path | str) -> Survey:
     result = Survey(directory, None, None)
     result.checkpoints = _read_cpt(result)
     found: dict[str, list[FileEntry]] = {}
+    try:
+        pending = read_pending(directory)
+    except ChainError as err:
+        result.problems.append(Problem(directory, str(err)))
+        pending = None
+    uncommitted = set(pending.files) if pending else set()
     for path in sorted(directory.iterdir()):
         if path.name.endswith(PARTIAL_SUFFIX):
             result.warnings.append(f"{path}: unfinished file (an interrupted backup?), ignored")
             continue
         data = parse_data_name(path)
         if data is None or not path.is_file():
+            continue
+        if path.name in uncommitted:
+            result.warnings.append(
+                f"{path}: written by a backup that did not finish (not committed), ignored; "
+                "the next backup into this directory removes it"
+            )
             continue
         found.setdefault(data.disk, []).append(_entry(data, result))
     if not found:
