@@ -104,11 +104,11 @@ def gather_domain(name: str, uri: str) -> DomainState:
         for cp in dom.listAllCheckpoints():
             text = cp.getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_NO_DOMAIN)
             root = etree.fromstring(text)
-            cp_name = root.findtext("name")
+            cp_name = root.findtext("name") or ""
             xmls[cp_name] = text
             parents[cp_name] = root.findtext("parent/name")
             checkpoints[cp_name] = {
-                d.get("name"): d.get("bitmap") or cp_name
+                str(d.get("name")): d.get("bitmap") or cp_name
                 for d in root.iterfind("disks/disk")
                 if d.get("checkpoint") == "bitmap"
             }
@@ -147,7 +147,7 @@ def _qcow2_images(xml: str) -> dict[str, Path]:
             continue
         if driver is None or driver.get("type") != "qcow2" or not source.get("file"):
             continue
-        images[target.get("dev")] = Path(source.get("file"))
+        images[str(target.get("dev"))] = Path(str(source.get("file")))
     return images
 
 

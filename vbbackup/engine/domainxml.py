@@ -65,7 +65,7 @@ def saved_disks(tree: etree._ElementTree) -> dict[str, SavedDisk]:
         path = None
         if source is not None:
             path = source.get("file") or source.get("dev") or source.get("name")
-        disks[target.get("dev")] = SavedDisk(
+        disks[str(target.get("dev"))] = SavedDisk(
             target=str(target.get("dev")),
             device=disk.get("device", "disk"),
             fmt=driver.get("type") if driver is not None else None,
@@ -98,12 +98,15 @@ def adjust(
     if name_el is None:
         name_el = etree.SubElement(root, "name")
     name_el.text = name
-    root.attrib.pop("id", None)
+    if "id" in root.attrib:
+        del root.attrib["id"]
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         dev = str(target.get("dev")) if target is not None else ""
         if dev not in images or disk.get("device", "disk") != "disk":
-            disk.getparent().remove(disk)
+            parent = disk.getparent()
+            if parent is not None:
+                parent.remove(disk)
             continue
         path, fmt = images[dev]
         _point_disk_at(disk, path, fmt)
@@ -143,7 +146,8 @@ def boot_xml(
     if name_el is None:
         name_el = etree.SubElement(root, "name")
     name_el.text = name
-    root.attrib.pop("id", None)
+    if "id" in root.attrib:
+        del root.attrib["id"]
     for parent_path, tag in (("os", "nvram"), ("devices/interface", "mac")):
         for parent in root.findall(parent_path):
             for child in parent.findall(tag):
@@ -156,7 +160,7 @@ def boot_xml(
         dev = target.get("dev") if target is not None else None
         if disk.get("device", "disk") != "disk":
             continue
-        if dev not in overlays:
+        if dev is None or dev not in overlays:
             devices.remove(disk)
             continue
         _point_disk_at_overlay(disk, overlays[dev], sockets[dev])

@@ -91,7 +91,9 @@ def _mountpoints(dom: libvirt.virDomain) -> list[str]:
 def consistency_line(record: dict[str, object]) -> str:
     """One line for the summary, the log and ``info``."""
     if record.get("frozen"):
-        where = ", ".join(str(m) for m in record.get("mountpoints") or []) or "all file systems"
+        mountpoints = record.get("mountpoints")
+        listed = mountpoints if isinstance(mountpoints, list) else []
+        where = ", ".join(str(m) for m in listed) or "all file systems"
         thawed = "thawed afterwards" if record.get("thawed") else "NOT thawed"
         return f"application-consistent: guest file systems frozen ({where}), {thawed}"
     return f"crash-consistent: {record.get('reason') or 'not frozen'}"

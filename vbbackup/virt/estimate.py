@@ -30,7 +30,7 @@ def checkpoint_sizes(dom: libvirt.virDomain, checkpoint: str) -> dict[str, int |
         ) from None
     root = etree.fromstring(xml)
     return {
-        disk.get("name"): int(disk.get("size")) if disk.get("size") is not None else None
+        str(disk.get("name")): int(size) if (size := disk.get("size")) is not None else None
         for disk in root.iterfind("disks/disk")
         if disk.get("checkpoint") == "bitmap"
     }

@@ -24,7 +24,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from vbbackup.errors import BackupBusyError, BackupInterrupted, LibvirtError
+from vbbackup.errors import BackupBusyError, BackupInterrupted, LibvirtError, VbError
 from vbbackup.virt.connection import error_text
 from vbbackup.virt.xmltext import escape, quoteattr
 
@@ -227,7 +227,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def begin_error(domain: str, err: libvirt.libvirtError, socket: Path) -> LibvirtError:
+def begin_error(domain: str, err: libvirt.libvirtError, socket: Path) -> VbError:
     """What went wrong starting the job, said so that the user knows the fix."""
     text = error_text(err)
     code = err.get_error_code()
