@@ -2,6 +2,7 @@
 
     nbdkit python nbdkit_plugin/vbmount.py dir=DIR [disk=vda] [until=CHECKPOINT]
     nbdkit python nbdkit_plugin/vbmount.py dir=DIR file=vda.full.data,vda.inc.X.data
+    ... cleanup=DIR    (vbmount serve --daemon: a directory removed when nbdkit exits)
 
 Read-only: the export says so, and nbdkit refuses writes (EPERM, as the NBD
 protocol has it); add ``--filter=cow`` for a writable view. All the work is
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import site
 import sys
 
@@ -32,7 +34,7 @@ from vbbackup.chain import PointInTimeView, open_view  # noqa: E402
 from vbbackup.errors import VbError  # noqa: E402
 
 API_VERSION = 2
-_KEYS = ("dir", "disk", "until", "file")
+_KEYS = ("dir", "disk", "until", "file", "cleanup")
 _params: dict[str, str] = {}
 _view: PointInTimeView | None = None
 
@@ -75,8 +77,11 @@ def get_ready() -> None:
 
 
 def cleanup() -> None:
+    """At nbdkit's exit; cleanup=DIR: the server's private directory goes with it."""
     if _view is not None:
         _view.close()
+    if "cleanup" in _params:
+        shutil.rmtree(_params["cleanup"], ignore_errors=True)
 
 
 def open(readonly: bool) -> PointInTimeView:  # noqa: A001 - nbdkit's hook name

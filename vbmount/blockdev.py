@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from vbbackup.errors import MountError
-from vbmount import proc
+from vbbackup.nbdio import proc
 
 FUSE_FILE = "disk"
 DETACH_TIMEOUT = 30.0

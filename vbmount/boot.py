@@ -24,10 +24,11 @@ import libvirt
 from vbbackup.chain import BackupSet
 from vbbackup.engine import domainxml
 from vbbackup.errors import LibvirtError, MountError
+from vbbackup.nbdio import proc
+from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
 from vbbackup.virt import libvirt_connection
-from vbmount import proc, resources
+from vbmount import resources
 from vbmount.mounting import require_root
-from vbmount.server import Export, NbdkitServer, plugin_args
 
 BOOT_ROOT = Path("/var/tmp")
 QEMU_USERS = ("libvirt-qemu", "qemu")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from vbbackup.chain import BackupSet, open_view
 from vbbackup.errors import MountError, UsageError
+from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
 from vbmount import blockdev, resources
 from vbmount.partitions import MOUNT_OPTIONS, DiskLayout, Partition, read_layout
-from vbmount.server import Export, NbdkitServer, plugin_args
 
 
 @dataclass(frozen=True)

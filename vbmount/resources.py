@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vbbackup.fsutil import write_small_file
+from vbbackup.nbdio.server import stop_server
 from vbmount import blockdev
-from vbmount.server import stop_server
 
 
 def state_root() -> Path:

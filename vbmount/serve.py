@@ -17,9 +17,9 @@ from types import FrameType
 
 from vbbackup.chain import open_view
 from vbbackup.errors import UsageError
-from vbmount import proc
+from vbbackup.nbdio import proc
+from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
 from vbmount.resources import state_root
-from vbmount.server import Export, NbdkitServer, plugin_args
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,11 @@ def make_server(config: ServeConfig) -> NbdkitServer:
     socket = config.socket
     if socket is None and config.port is None:
         socket = workdir / "nbd.sock"
+    plugin = plugin_args(Export(config.directory, config.disk, config.until))
+    if config.daemon:  # nbdkit outlives us: it removes its private directory when it exits
+        plugin.append(f"cleanup={workdir}")
     return NbdkitServer(
-        plugin_args(Export(config.directory, config.disk, config.until)),
+        plugin,
         workdir=workdir,
         socket=socket,
         port=config.port,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import click
@@ -252,3 +254,46 @@ def test_add_sums_refuses_a_damaged_file(backup: Path) -> None:
     assert last.endswith(f"problem(s) found in {backup}: no sums added for damaged files")
     assert not (backup / "vda.full.data.sums").exists()
     assert (backup / "vda.inc.virtnbdbackup.1.data.sums").exists()
+
+
+def test_sigkill_mid_restore_leaves_only_the_partial(tmp_path: Path) -> None:
+    """nbdkit and qemu-img die with the restore; the next restore starts over."""
+    backup = tmp_path / "big"
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    size = 1024 * 1024 * 1024
+    # lz4: decoding keeps the restore busy for about 3 s on this machine
+    write_chain(backup, size, [[(k * 1024 * 1024, chunk) for k in range(1024)]], compressed=True,
+                piece=512 * 1024)  # fmt: skip
+    out = tmp_path / "out"
+    argv = [sys.executable, "-c", "from vbbackup.cli import main; main()", "restore",
+            str(backup), "-o", str(out), "--format", "raw", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "vda.raw.partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # nbdkit serving, qemu-img writing
+        if partial.exists() and partial.stat().st_blocks > 8192 and _helpers_of(partial):
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 0.5  # gone at once, not when they would have finished
+    while _helpers_of(partial) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _helpers_of(partial) == []
+    assert sorted(p.name for p in out.iterdir()) == ["vda.raw.partial"]
+    result = run("restore", str(backup), "-o", str(out), "--format", "raw")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["vda.raw"]
+
+
+def _helpers_of(partial: Path) -> list[str]:
+    """nbdkit / qemu-img processes still working on ``partial``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(partial) in cmdline or (f"dir={partial.parent.parent}/big" in cmdline):
+            found.append(cmdline)
+    return found

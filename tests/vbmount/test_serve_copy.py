@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from tests.harness.fixtures import require
 from tests.vbmount.conftest import TwoPointSet
-from vbmount import proc
+from vbbackup.nbdio import proc
 from vbmount.cli import main
 
 nbd = pytest.importorskip("nbd")
@@ -174,3 +174,16 @@ def test_foreground_server_dies_with_vbmount(
     while leftovers(sock) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert leftovers(sock) == []
+
+
+def test_a_stopped_daemon_leaves_nothing_behind(
+    two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path
+) -> None:
+    """`kill $(cat PIDFILE)` is how a --daemon server is stopped: nbdkit cleans up after itself."""
+    argv = [*VBMOUNT, "serve", str(two_point_set.directory), "--daemon"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    pidfile = Path(done.stdout.splitlines()[1].removeprefix("pid file: "))
+    assert pidfile.is_relative_to(state_dir)
+    assert read_export(done.stdout.splitlines()[0], 4096)
+    proc.terminate(int(pidfile.read_text()), str(pidfile.parent))
+    assert list(state_dir.rglob("*")) == []

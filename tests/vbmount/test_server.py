@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from vbbackup.errors import MountError
-from vbmount import proc
-from vbmount.server import NbdkitServer
+from vbbackup.nbdio import proc
+from vbbackup.nbdio.server import NbdkitServer
 
 nbd = pytest.importorskip("nbd")
 pytestmark = [

@@ -1,30 +1,30 @@
 """Stream one disk at one point in time into a new sparse image (``vbmount copy``, restore).
 
-The view is served by our nbdkit plugin in captive mode (``nbdkit -U - --run``),
-and ``qemu-img convert`` copies from it: it asks the export for block status, so
-holes and zero ranges of the backup are never written and stay holes. The target
+The view is served by our nbdkit plugin on a private unix socket, and
+``qemu-img convert`` copies from it (both are our children and die with us):
+it asks the export for block status, so holes and zero ranges of the backup
+are never written and stay holes. The target
 is created first with ``qemu-img create`` (qcow2 options from the set's
 ``*.qcow.json`` when present), written as ``OUT.partial``, fsync'ed, renamed::
 
-    nbdkit -U - --readonly python vbmount.py dir=D disk=vda until=CP \\
-        --run 'qemu-img convert -n --target-is-zero -f raw nbd+unix:///?socket=S OUT.partial'
+    nbdkit -f --exit-with-parent -U S --readonly python vbmount.py dir=D disk=vda until=CP
+    setpriv --pdeathsig KILL qemu-img convert -n --target-is-zero -f raw \\
+        nbd+unix:///?socket=S OUT.partial
 """
 
 from __future__ import annotations
 
-import os
-import shlex
 import subprocess
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from vbbackup.chain import BackupSet
 from vbbackup.errors import TargetExistsError, VbError
 from vbbackup.fsutil import atomic_path
+from vbbackup.nbdio.server import PLUGIN, Export, NbdkitServer, plugin_args  # noqa: F401
 
 PLUGIN_ERROR = "vbmount: error:"  # how the plugin reports a read it refused (damaged data)
-PLUGIN = Path(__file__).resolve().parents[2] / "nbdkit_plugin" / "vbmount.py"
 FORMATS = ("qcow2", "raw")
 
 # qemu-img info's format-specific qcow2 keys -> qemu-img create -o names.
@@ -35,28 +35,6 @@ _QCOW2_KEYS = {
     "extended-l2": "extended_l2",
     "compression-type": "compression_type",
 }
-
-
-@dataclass(frozen=True)
-class Export:
-    """One disk of a backup directory at one point in time (None: the newest)."""
-
-    directory: Path
-    disk: str | None = None
-    until: str | None = None
-
-
-def plugin_args(export: Export) -> list[str]:
-    """nbdkit arguments that load our plugin for `export` (VBMOUNT_PLUGIN overrides the path)."""
-    plugin = Path(os.environ.get("VBMOUNT_PLUGIN", PLUGIN))
-    if not plugin.is_file():
-        raise VbError(f"nbdkit plugin not found: {plugin}")
-    args = ["python", str(plugin), f"dir={Path(export.directory).resolve()}"]
-    if export.disk is not None:
-        args.append(f"disk={export.disk}")
-    if export.until is not None:
-        args.append(f"until={export.until}")
-    return args
 
 
 def qcow2_options(qemu_info: dict[str, Any] | None) -> str:
@@ -105,13 +83,35 @@ def copy_out(
         _run([*create, *(["-o", options] if options else []), str(tmp), str(point.virtual_size)])
         # -W (writes out of order) for raw only: 10-30% faster here, but in a
         # qcow2 it would allocate clusters out of the disk's order.
-        order = "-W " if fmt == "raw" else ""
-        convert = (
-            f"qemu-img convert {order}-n --target-is-zero -f raw -O "
-            f'{fmt} nbd+unix:///?socket="$unixsocket" {shlex.quote(str(tmp))}'
-        )
+        order = ["-W"] if fmt == "raw" else []
         exported = Export(export.directory, point.disk, export.until)
-        _run(["nbdkit", "--unix", "-", "--readonly", *plugin_args(exported), "--run", convert])
+        with tempfile.TemporaryDirectory(prefix="vbbackup-copy-") as work:
+            workdir = Path(work)
+            # Both helpers are our children and die with us, even on SIGKILL: nbdkit by
+            # --exit-with-parent (tied), qemu-img by setpriv's parent-death signal; a
+            # killed restore leaves its .partial and nothing running.
+            server = NbdkitServer(plugin_args(exported), socket=workdir / "nbd.sock",
+                                  workdir=workdir, tied=True)  # fmt: skip
+            with server:
+                convert = ["setpriv", "--pdeathsig", "KILL", "qemu-img", "convert", *order,
+                           "-n", "--target-is-zero", "-f", "raw", "-O", fmt, server.uri,
+                           str(tmp)]  # fmt: skip
+                try:
+                    _run(convert)
+                except VbError:
+                    refused = _plugin_error(server.log)
+                    if refused:  # the plugin's own line names the damaged file and offset
+                        raise VbError(refused) from None
+                    raise
+
+
+def _plugin_error(log: Path) -> str | None:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    ours = [line for line in lines if line.startswith(PLUGIN_ERROR)]
+    return ours[0][len(PLUGIN_ERROR) :].strip() if ours else None
 
 
 def _run(argv: list[str]) -> None:
@@ -120,7 +120,4 @@ def _run(argv: list[str]) -> None:
     )
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        ours = [line for line in lines if line.startswith(PLUGIN_ERROR)]
-        if ours:  # the plugin's own line names the damaged file and offset
-            raise VbError(ours[0][len(PLUGIN_ERROR) :].strip())
         raise VbError(f"{argv[0]} failed: {lines[-1].strip() if lines else 'no message'}")

@@ -15,12 +15,37 @@ foreground).
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from vbbackup.engine.copyout import Export, plugin_args  # noqa: F401 - re-exported
-from vbbackup.errors import MountError, UsageError
-from vbmount import proc
+from vbbackup.errors import MountError, UsageError, VbError
+from vbbackup.nbdio import proc
+
+PLUGIN = Path(__file__).resolve().parents[2] / "nbdkit_plugin" / "vbmount.py"
+
+
+@dataclass(frozen=True)
+class Export:
+    """One disk of a backup directory at one point in time (None: the newest)."""
+
+    directory: Path
+    disk: str | None = None
+    until: str | None = None
+
+
+def plugin_args(export: Export) -> list[str]:
+    """nbdkit arguments that load our plugin for `export` (VBMOUNT_PLUGIN overrides the path)."""
+    plugin = Path(os.environ.get("VBMOUNT_PLUGIN", PLUGIN))
+    if not plugin.is_file():
+        raise VbError(f"nbdkit plugin not found: {plugin}")
+    args = ["python", str(plugin), f"dir={Path(export.directory).resolve()}"]
+    if export.disk is not None:
+        args.append(f"disk={export.disk}")
+    if export.until is not None:
+        args.append(f"until={export.until}")
+    return args
 
 
 class NbdkitServer:
