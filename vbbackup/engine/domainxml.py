@@ -91,15 +91,7 @@ def adjust(
     boot: Mapping[str, Path],
 ) -> bytes:
     """The rewritten XML (see the module docstring); ``images``: target -> (path, format)."""
-    root = etree.fromstring(etree.tostring(tree))
-    for uuid in root.findall("uuid"):
-        root.remove(uuid)
-    name_el = root.find("name")
-    if name_el is None:
-        name_el = etree.SubElement(root, "name")
-    name_el.text = name
-    if "id" in root.attrib:
-        del root.attrib["id"]
+    root = _renamed_copy(tree, name)
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         dev = str(target.get("dev")) if target is not None else ""
@@ -116,6 +108,20 @@ def adjust(
         if node is not None:
             node.text = str(path)
     return etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
+def _renamed_copy(tree: etree._ElementTree | etree._Element, name: str) -> etree._Element:
+    """A copy of the domain XML as a new domain: ``name``, no UUID, no live ``id``."""
+    root = etree.fromstring(etree.tostring(tree))
+    for uuid in root.findall("uuid"):
+        root.remove(uuid)
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = etree.SubElement(root, "name")
+    name_el.text = name
+    if "id" in root.attrib:
+        del root.attrib["id"]
+    return root
 
 
 def _point_disk_at(disk: etree._Element, path: Path, fmt: str) -> None:
@@ -139,15 +145,7 @@ def boot_xml(
     Safe next to the original: a new name, no UUID, NVRAM or MAC addresses, and
     every disk that is not served removed (never open a live disk of the original).
     """
-    root = etree.fromstring(etree.tostring(root))
-    for uuid in root.findall("uuid"):
-        root.remove(uuid)
-    name_el = root.find("name")
-    if name_el is None:
-        name_el = etree.SubElement(root, "name")
-    name_el.text = name
-    if "id" in root.attrib:
-        del root.attrib["id"]
+    root = _renamed_copy(root, name)
     for parent_path, tag in (("os", "nvram"), ("devices/interface", "mac")):
         for parent in root.findall(parent_path):
             for child in parent.findall(tag):

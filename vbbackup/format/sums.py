@@ -25,7 +25,7 @@ import json
 import struct
 import sys
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Final
@@ -251,17 +251,10 @@ class SumsChecker:
         """``data`` = whole pieces ``piece``, ``piece+1``... of a unit (the last may be its tail).
 
         ``disk_offset``/``file_pos``: where ``data`` starts (for a compressed unit,
-        the lz4 frame's position), for the message.
+        the lz4 frame's position), for the message. Raises at the first damaged piece.
         """
-        mv = memoryview(data).cast("B")
-        p = self.piece_size
-        n = self.first_piece(frame, unit) + piece
-        digests = self._digests
-        for off in range(0, len(mv), p):
-            at = n * DIGEST_SIZE
-            if _digest(mv[off : off + p]) != digests[at : at + DIGEST_SIZE]:
-                raise self._error(frame, mv, off, disk_offset, file_pos, compressed)
-            n += 1
+        for err in self._bad(frame, unit, piece, data, disk_offset, file_pos, compressed):
+            raise err
 
     def damaged(
         self,
@@ -274,16 +267,27 @@ class SumsChecker:
         compressed: bool = False,
     ) -> list[DataChecksumError]:
         """Like ``check``, but every damaged piece, not just the first (``verify``)."""
+        return list(self._bad(frame, unit, piece, data, disk_offset, file_pos, compressed))
+
+    def _bad(
+        self,
+        frame: int,
+        unit: int,
+        piece: int,
+        data: bytes | bytearray | memoryview,
+        disk_offset: int,
+        file_pos: int,
+        compressed: bool,
+    ) -> Iterator[DataChecksumError]:
         mv = memoryview(data).cast("B")
         p = self.piece_size
         n = self.first_piece(frame, unit) + piece
-        found = []
+        digests = self._digests
         for off in range(0, len(mv), p):
             at = n * DIGEST_SIZE
-            if _digest(mv[off : off + p]) != self._digests[at : at + DIGEST_SIZE]:
-                found.append(self._error(frame, mv, off, disk_offset, file_pos, compressed))
+            if _digest(mv[off : off + p]) != digests[at : at + DIGEST_SIZE]:
+                yield self._error(frame, mv, off, disk_offset, file_pos, compressed)
             n += 1
-        return found
 
     def _error(
         self,
