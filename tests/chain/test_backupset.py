@@ -228,3 +228,16 @@ def test_disk_resized_between_backups(tmp_path: Path, new_size: int) -> None:
         assert view.size == new_size
         assert view.read(0, new_size) == expected
         assert view.extents(0, new_size)[-1][2] is False
+
+
+def test_a_raw_disks_copy_serves_every_point_of_the_chain(tmp_path: Path) -> None:
+    """``--raw``: sdb was copied whole by the full; the chain's points serve that copy."""
+    names = write_chain(tmp_path, 64 * 1024, [[(0, b"a" * 4096), (4096, 60 * 1024)],
+                                              [(0, b"b" * 4096)]])  # fmt: skip
+    write_stream(tmp_path / "sdb.copy.data", 64 * 1024, [(0, b"c" * 512), (512, 65024)],
+                 checkpoint=names[0], parent=None)  # fmt: skip
+    backup = BackupSet(tmp_path)
+    for name in names:
+        assert backup.resolve("sdb", name).name == "copy"
+    with pytest.raises(ChainError, match="unknown checkpoint 'nope' for disk sdb"):
+        backup.resolve("sdb", "nope")

@@ -94,6 +94,9 @@ def test_a_reused_checkpoint_name_is_never_continued(make_vm, tmp_path: Path) ->
     expected = vm.expected("vda")
     before = sorted(p.name for p in nov.iterdir())
 
+    code, text = run("inc", vm.name, "-o", str(nov), "--estimate")
+    assert code == 4, text
+    assert text.splitlines()[-1].endswith("would miss changes; nothing to estimate")
     code, text = run("inc", vm.name, "-o", str(nov), "--no-fallback", "--no-progress")
     assert code == 4, text
     assert text.splitlines()[-1].startswith(

@@ -138,3 +138,16 @@ def test_defined_domain_keeps_the_backed_up_raw_disk_and_starts(
         with contextlib.suppress(libvirt.libvirtError):
             libvirt_conn.lookupByName(name).undefine()
     assert_identical(target / "vda.qcow2", points[-1][1]["vda"], "qcow2")
+
+
+def test_the_raw_disk_is_served_at_every_point(
+    chain: tuple[Path, Points, Path], tmp_path: Path
+) -> None:  # noqa: E501
+    """``--raw``: vdc is one copy in a chain directory; every point of the chain serves it."""
+    from vbbackup.engine.copyout import Export, copy_out
+
+    out, points, vdc_at_full = chain
+    for name, _ in points:
+        image = tmp_path / f"vdc.{name}.raw"
+        copy_out(Export(out, "vdc", name), image, "raw")
+        assert_identical(image, vdc_at_full, "raw")

@@ -332,7 +332,22 @@ class BackupSet:
         for point in state.points:
             if until in (point.name, point.files[-1].name):
                 return point
+        copies = [p for p in state.points if p.name == COPY]
+        if copies and len(copies) == len(state.points) and self._is_set_point(until):
+            # a --raw disk (no bitmaps) has one copy, taken by the chain's full: every point
+            # of the chain serves it, as restore restores it
+            return copies[-1]
         raise ChainError(f"unknown checkpoint {until!r} for disk {name} (chain: {known})")
+
+    def _is_set_point(self, until: str) -> bool:
+        """A checkpoint or differential of the set (of any disk)."""
+        if until in (self.checkpoints or ()):
+            return True
+        return any(
+            f.level == DIFF and f"diff.{f.ident}" == until
+            for fs in self._files.values()
+            for f in fs
+        )
 
     def _read_cpt(self) -> tuple[str, ...] | None:
         cpts = sorted(self.directory.glob("*.cpt"))
@@ -366,6 +381,8 @@ class BackupSet:
         chain: list[DataFile] = []
         full_meta = self.meta(fulls[0]) if fulls else None
         names = start_at_full(self._chain_names(disk, by_level), full_meta)
+        if not fulls and not incs and not diffs:
+            names = []  # a --raw disk saved as a copy only: the .cpt is not its chain
         missing = ""
         for k, cp in enumerate(names):
             found = (fulls[0] if fulls else None) if k == 0 else incs.get(cp)

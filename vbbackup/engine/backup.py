@@ -293,6 +293,13 @@ class _Run:
         """--estimate and --threshold: the result of a run that writes nothing, or None."""
         if not self.ops.estimate and self.ops.threshold is None:
             return None
+        if self.cps.exists(self.chain[-1]):  # another chain's bitmap measures other writes
+            try:
+                _prove_identity(self.out, self.cps, self.chain[-1])
+            except BrokenChainError as err:
+                if not self.ops.estimate:
+                    raise  # --threshold: the chain cannot go on, a full falls back as usual
+                raise ChainError(f"{err}; nothing to estimate") from None
         changes = estimate_changes(self.dom, self.chain[-1], self.bitmap_disks)
         if self.ops.estimate:
             return self._result(None, [], estimate=changes)
