@@ -292,3 +292,24 @@ def test_our_next_inc_continues_a_consolidated_chain(make_vm, tmp_path: Path) ->
         with open_view(out, until=name) as view:
             assert view.read(0, view.size) == expected[name].read_bytes(), name
     assert verify(VerifyConfig(out)).sound
+
+
+def test_killed_right_after_the_swap_the_rerun_writes_the_checks(chain: Path) -> None:
+    """The swap happened, the new full's .chksum and .sums did not: the rerun writes them."""
+    before = _hashes(chain)
+    (item,) = plan(ConsolidateConfig(chain, until="virtnbdbackup.2"))
+    consolidate_mod._write_full(item)
+    full = chain / "vda.full.data"
+    for side in (".chksum", ".sums"):  # as if killed between the rename and these
+        (chain / f"vda.full.data{side}").unlink()
+    report = verify(VerifyConfig(chain))
+    assert report.sound, report.problems  # nothing misleading: only "unchecked" warnings
+    lines: list[str] = []
+    consolidate(ConsolidateConfig(chain, until="virtnbdbackup.2"), lines.append)
+    assert "vda: removed vda.inc.virtnbdbackup.1.data" in lines
+    assert "vda: wrote the missing vda.full.data.chksum and .sums" in lines
+    assert read_checksum(full) == file_adler32(full)
+    report = verify(VerifyConfig(chain))
+    assert report.sound and report.warnings == []
+    assert {f.sums for f in report.files} == {"ok"}
+    assert _hashes(chain) == {k: v for k, v in before.items() if k in _hashes(chain)}

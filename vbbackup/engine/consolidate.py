@@ -36,7 +36,7 @@ from vbbackup import fsutil
 from vbbackup.chain import DIFF, FULL, INC, BackupSet, DataFile, PointInTime, PointInTimeView
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, VbError
-from vbbackup.format import MAX_CHUNK, StreamMeta, StreamWriter
+from vbbackup.format import MAX_CHUNK, PayloadReader, StreamMeta, StreamWriter, read_index
 from vbbackup.virt.checkpoints import chain_of
 
 
@@ -125,10 +125,37 @@ def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> No
     for item in plans:
         for data in item.leftovers + item.merged:
             _remove_durably(fsutil.checksum_path(data.path))
+            _remove_durably(fsutil.sums_path(data.path))
             _remove_durably(data.path)
             report(f"{item.disk}: removed {data.name}")
+        if _synthetic(item) and _write_missing_checks(item.full.path):
+            # a run killed between the swap and the full's checks: this one finishes it
+            report(f"{item.disk}: wrote the missing {item.full.name}.chksum and .sums")
         if item.merged:
             report(f"{item.disk}: {item.full.name} now holds checkpoint {item.point.name}")
+
+
+def _synthetic(item: DiskPlan) -> bool:
+    """The full is one a consolidate wrote (it holds a later checkpoint than the chain's first)."""
+    names = BackupSet(item.full.path.parent).checkpoints or ()
+    return bool(names) and item.point.metas[0].checkpoint_name != names[0]
+
+
+def _write_missing_checks(path: Path) -> bool:
+    """The synthetic full's ``.chksum`` and ``.sums`` when a killed run left it without.
+
+    The full was fsync'ed before its rename, so its bytes are the ones written:
+    what is computed from them now is what the run would have written.
+    """
+    if fsutil.checksum_path(path).exists() and fsutil.sums_path(path).exists():
+        return False
+    with open(path, "rb") as f:
+        reader = PayloadReader(f, read_index(f, str(path)), cache_chunks=0)
+        sums = reader.compute_sums(path.name)
+    if not fsutil.checksum_path(path).exists():
+        fsutil.write_checksum(path, fsutil.file_adler32(path))
+    fsutil.write_sums(path, sums, overwrite=True)
+    return True
 
 
 def _write_full(item: DiskPlan) -> None:

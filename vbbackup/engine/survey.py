@@ -216,7 +216,14 @@ def _check_disk(disk: str, result: Survey) -> None:
                     )
                 )
         parent = name
+    merged = set((result.checkpoints or ())[: _index_of(result.checkpoints, names[0]) + 1])
     for ident, entry in incs.items():
+        if ident in merged:  # before the full's checkpoint: a consolidate that did not finish
+            result.warnings.append(
+                f"{entry.path}: merged into {disk}.full.data by a consolidate that did not "
+                "finish; not part of the chain any more (`vbbackup consolidate` removes it)"
+            )
+            continue
         problems.append(Problem(entry.path, f"incremental {ident!r} is not in the checkpoint list"))
     for entry in entries:
         if entry.data.level != DIFF or entry.meta is None:
@@ -229,6 +236,10 @@ def _check_disk(disk: str, result: Survey) -> None:
                     f"is not in the chain ({', '.join(names)})",
                 )
             )
+
+
+def _index_of(names: tuple[str, ...] | None, name: str) -> int:
+    return names.index(name) if names and name in names else 0
 
 
 def _chain_names(
