@@ -70,3 +70,26 @@ def test_quiet_prints_nothing() -> None:
     tty = Terminal()
     _two_disk_run(CliReporter(quiet=True, progress=True, stream=tty))
     assert tty.getvalue() == ""
+
+
+def test_restore_and_verify_draw_through_the_same_bars() -> None:
+    from vbbackup.cli.progress import ProgressBars
+    from vbbackup.cli.restore import _bytes_progress
+
+    tty = Terminal()
+    bars = ProgressBars(True, tty)
+    update = _bytes_progress(bars, "verify", 8 * MiB)
+    update(2 * MiB)
+    update(2 * MiB)
+    bars.say("ok   /set/vda.full.data")
+    bars.clear()
+    text = tty.getvalue()
+    assert re.search(r"verify \[#{6}\.{18}\]  25%  2\.0 MiB/8\.0 MiB", text)
+    assert re.search(r"verify \[#{12}\.{12}\]  50%  4\.0 MiB/8\.0 MiB", text)
+    assert "ok   /set/vda.full.data\n" in text
+    assert text.endswith("\x1b[1F\x1b[J")  # the bar is gone at the end
+    plain = io.StringIO()
+    quiet = ProgressBars(True, plain)  # not a terminal: lines only, no control character
+    _bytes_progress(quiet, "verify", MiB)(MiB)
+    quiet.say("done")
+    assert plain.getvalue() == "done\n"

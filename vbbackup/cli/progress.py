@@ -1,4 +1,4 @@
-"""What a backup run shows on stderr: info lines, one progress bar per disk, summaries.
+"""What backup, restore and verify show on stderr: info lines, one bar per disk, summaries.
 
 On a terminal the bars sit below the scrolling info lines and are redrawn in
 place (ANSI: cursor up N lines, clear to the end of the screen), at most five
@@ -37,64 +37,103 @@ def bar_line(target: str, done: int, total: int, seconds: float) -> str:
     )
 
 
-class CliReporter(Reporter):
-    """Thread-safe: the disk workers report from their own threads."""
+class ProgressBars:
+    """The one progress renderer: info lines that scroll, one bar per label below them.
 
-    def __init__(self, quiet: bool, progress: bool, stream: TextIO | None = None) -> None:
+    Backup (per disk), restore (per disk) and verify (one bar for the bytes read)
+    all draw through it; thread-safe, as backup workers report from their threads.
+    """
+
+    def __init__(self, enabled: bool, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.quiet = quiet
-        self.progress = progress and not quiet and self.stream.isatty()
+        self.enabled = enabled and not quiet and self.stream.isatty()
         self._lock = threading.Lock()
-        self._disks: dict[str, tuple[int, int, float]] = {}  # target: done, total, started
+        self._bars: dict[str, tuple[int, int, float]] = {}  # label: done, total, started
         self._drawn_lines = 0
         self._drawn_at = 0.0
 
-    def info(self, message: str) -> None:
-        super().info(message)
-        self._say(message)
-
-    def disk_started(self, target: str, total: int) -> None:
+    def start(self, label: str, total: int) -> None:
         with self._lock:
-            self._disks[target] = (0, total, time.monotonic())
+            self._bars[label] = (0, total, time.monotonic())
 
-    def disk_progress(self, target: str, done: int) -> None:
-        if not self.progress:
+    def update(self, label: str, done: int) -> None:
+        """``done`` bytes of ``label`` so far (absolute)."""
+        if not self.enabled:
             return
         with self._lock:
-            _, total, started = self._disks[target]
-            self._disks[target] = (done, total, started)
+            if label not in self._bars:
+                self._bars[label] = (0, done, time.monotonic())
+            _, total, started = self._bars[label]
+            self._bars[label] = (done, total, started)
             now = time.monotonic()
             if now - self._drawn_at >= REDRAW_SECONDS:
                 self._drawn_at = now
                 self._redraw("")
 
-    def disk_done(self, result: DiskResult) -> None:
+    def finish(self, label: str, line: str | None = None) -> None:
+        """Drop the bar; ``line`` (its summary) scrolls up where the bars were."""
         with self._lock:
-            self._disks.pop(result.target, None)
-        self._say(
-            f"{result.target}: {result.level}, {human_size(result.data_bytes)} data, "
-            f"file {Path(result.path).name} {human_size(result.file_bytes)}, "
-            f"{result.seconds:.1f} s, {human_size(int(result.throughput))}/s"
-        )
+            self._bars.pop(label, None)
+        if line is not None:
+            self.say(line)
+        elif self.enabled:
+            with self._lock:
+                self._redraw("")
 
-    def _say(self, line: str) -> None:
+    def say(self, line: str) -> None:
         if self.quiet:
             return
         with self._lock:
-            if self.progress:
+            if self.enabled:
                 self._redraw(line + "\n")
             else:
                 self._write(line + "\n")
+
+    def clear(self) -> None:
+        """Erase every bar (the command is over, or was interrupted)."""
+        with self._lock:
+            self._bars.clear()
+            if self.enabled and self._drawn_lines:
+                self._redraw("")
 
     def _redraw(self, above: str) -> None:
         """Erase the bars, print ``above`` where they were, draw the bars again (lock held)."""
         erase = f"\x1b[{self._drawn_lines}F\x1b[J" if self._drawn_lines else ""
         now = time.monotonic()
         bars = [bar_line(t, done, total, now - started)
-                for t, (done, total, started) in self._disks.items()]  # fmt: skip
+                for t, (done, total, started) in self._bars.items()]  # fmt: skip
         self._write(erase + above + "".join(f"{b}\n" for b in bars))
         self._drawn_lines = len(bars)
 
     def _write(self, text: str) -> None:
         self.stream.write(text)
         self.stream.flush()
+
+
+class CliReporter(Reporter):
+    """A backup run's report, drawn by ``ProgressBars``."""
+
+    def __init__(self, quiet: bool, progress: bool, stream: TextIO | None = None) -> None:
+        self.bars = ProgressBars(progress, stream, quiet)
+        self.stream = self.bars.stream
+        self.quiet = quiet
+        self.progress = self.bars.enabled
+
+    def info(self, message: str) -> None:
+        super().info(message)
+        self.bars.say(message)
+
+    def disk_started(self, target: str, total: int) -> None:
+        self.bars.start(target, total)
+
+    def disk_progress(self, target: str, done: int) -> None:
+        self.bars.update(target, done)
+
+    def disk_done(self, result: DiskResult) -> None:
+        self.bars.finish(
+            result.target,
+            f"{result.target}: {result.level}, {human_size(result.data_bytes)} data, "
+            f"file {Path(result.path).name} {human_size(result.file_bytes)}, "
+            f"{result.seconds:.1f} s, {human_size(int(result.throughput))}/s",
+        )

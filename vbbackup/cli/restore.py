@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from vbbackup.cli.progress import ProgressBars
 from vbbackup.engine.info import InfoConfig, human_size, info, render
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
@@ -17,40 +16,27 @@ from vbbackup.engine.verify import add_sums as add_sums_to
 from vbbackup.errors import ChainError, VerifyError
 
 
-class _Display:
-    """A one-line progress display on stderr (a terminal only), as the backup commands draw."""
+def _restore_progress(bars: ProgressBars, plans: tuple[DiskPlan, ...]) -> Callable[..., None]:
+    """restore's progress callback: one bar per disk, sized by its data."""
+    for disk in plans:
+        bars.start(disk.disk, disk.data_bytes)
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._started: dict[str, float] = {}
-        self._drawn = 0.0
+    def update(disk: DiskPlan, done: int) -> None:
+        bars.update(disk.disk, done)
 
-    def restore(self, disk: DiskPlan, done: int) -> None:
-        self._draw(disk.disk, done, disk.data_bytes)
+    return update
 
-    def bytes(self, total: int) -> Callable[[int], None]:
-        state = {"done": 0}
 
-        def update(n: int) -> None:
-            state["done"] += n
-            self._draw("verify", state["done"], total)
+def _bytes_progress(bars: ProgressBars, label: str, total: int) -> Callable[[int], None]:
+    """verify's progress callback: increments of bytes read, one bar."""
+    bars.start(label, total)
+    state = {"done": 0}
 
-        return update
+    def update(n: int) -> None:
+        state["done"] += n
+        bars.update(label, state["done"])
 
-    def _draw(self, label: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        started = self._started.setdefault(label, now)
-        if not self.enabled or (now - self._drawn < 0.2 and done < total):
-            return
-        self._drawn = now
-        pct = 100 * done // total if total else 100
-        rate = done / max(now - started, 1e-6)
-        line = f"{label} {pct:3d}% {human_size(done)}/{human_size(total)} {human_size(int(rate))}/s"
-        click.echo("\r\x1b[K" + line, nl=False, err=True)
-
-    def clear(self) -> None:
-        if self.enabled:
-            click.echo("\r\x1b[K", nl=False, err=True)
+    return update
 
 
 _backup_dir = click.argument(
@@ -113,11 +99,11 @@ def restore_command(
     for disk_plan in the_plan.disks:
         if disk_plan.warning:
             click.echo(f"{disk_plan.disk}: {disk_plan.warning}", err=True)
-    display = _Display(not no_progress)
+    bars = ProgressBars(not no_progress)
     try:
-        result = restore(config, the_plan, display.restore)
+        result = restore(config, the_plan, _restore_progress(bars, the_plan.disks))
     finally:
-        display.clear()
+        bars.clear()
     for disk in result.disks:
         rate = human_size(int(disk.data_bytes / max(disk.seconds, 1e-6)))
         click.echo(
@@ -161,11 +147,11 @@ def verify_command(directory: Path, until: str | None, add_sums: bool, no_progre
         _add_sums(directory)
         return
     config = VerifyConfig(directory, until)
-    display = _Display(not no_progress)
+    bars = ProgressBars(not no_progress)
     try:
-        report = verify(config, display.bytes(planned_bytes(config)))
+        report = verify(config, _bytes_progress(bars, "verify", planned_bytes(config)))
     finally:
-        display.clear()
+        bars.clear()
     for result in report.files:
         checked = "ok" in (result.checksum, result.sums)
         mark = "BAD" if not result.sound else "ok" if checked else "ok?"
