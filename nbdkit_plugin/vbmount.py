@@ -20,11 +20,13 @@ import sys
 
 import nbdkit
 
-# nbdkit embeds /usr/bin/python3: make the checkout importable, and the
-# project venv's packages (lz4 may be installed only there).
+# nbdkit embeds /usr/bin/python3: make our packages importable from where this
+# file is, a checkout (and its .venv) or the site-packages it was installed into.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+    if os.path.basename(_ROOT) == "site-packages":
+        site.addsitedir(_ROOT)  # its .pth files too
 _VENV = f"{_ROOT}/.venv/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 if os.path.isdir(_VENV):
     site.addsitedir(_VENV)

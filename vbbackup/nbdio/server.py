@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+import nbdkit_plugin
 from vbbackup.errors import MountError, UsageError, VbError
 from vbbackup.nbdio import proc
 
-PLUGIN = Path(__file__).resolve().parents[2] / "nbdkit_plugin" / "vbmount.py"
+# The plugin is installed with the package (nbdkit loads it by path); VBMOUNT_PLUGIN
+# points restore, vbmount and tests at another copy of it.
+PLUGIN = Path(nbdkit_plugin.__file__).resolve().parent / "vbmount.py"
 
 
 @dataclass(frozen=True)
