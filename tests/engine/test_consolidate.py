@@ -313,3 +313,68 @@ def test_killed_right_after_the_swap_the_rerun_writes_the_checks(chain: Path) ->
     assert report.sound and report.warnings == []
     assert {f.sums for f in report.files} == {"ok"}
     assert _hashes(chain) == {k: v for k, v in before.items() if k in _hashes(chain)}
+
+
+class _Crash(BaseException):
+    """The process dies here: no cleanup code of ours runs (as with SIGKILL)."""
+
+
+class _DyingAt:
+    """os.replace and os.unlink that kill the process at their ``step``-th call, and after."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.calls, self.dead = step, 0, False
+        self.real_replace, self.real_unlink = os.replace, os.unlink
+
+    def replace(self, *args: object, **kwargs: object) -> None:
+        self._tick()
+        self.real_replace(*args, **kwargs)  # type: ignore[arg-type]
+
+    def unlink(self, *args: object, **kwargs: object) -> None:
+        self._tick()
+        self.real_unlink(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _tick(self) -> None:
+        if self.dead or self.calls == self.step:
+            self.dead = True
+            raise _Crash
+        self.calls += 1
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "lz4"])
+def test_killed_at_every_step_restores_and_the_rerun_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
+) -> None:
+    """A crash before each rename and removal in turn: every later point reads the same,
+    verify finds no problem, and the next consolidate completes the job."""
+    origin = tmp_path / "origin"
+    write_chain(origin, SIZE, _steps(), compressed=compressed)
+    before = _hashes(origin)
+    later = {k: v for k, v in before.items() if k in ("virtnbdbackup.2", "virtnbdbackup.3",
+                                                        "virtnbdbackup.4")}  # fmt: skip
+    step = 0
+    while True:
+        chain = tmp_path / f"run{step}"
+        shutil.copytree(origin, chain)
+        dying = _DyingAt(step)
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "replace", dying.replace)
+            patched.setattr(os, "unlink", dying.unlink)
+            try:
+                consolidate(ConsolidateConfig(chain, until="virtnbdbackup.2"), lambda _: None)
+                finished = True
+            except _Crash:
+                finished = False
+        assert {k: v for k, v in _hashes(chain).items() if k in later} == later, step
+        assert verify(VerifyConfig(chain)).problems == [], step
+        consolidate(ConsolidateConfig(chain, until="virtnbdbackup.2"), lambda _: None)
+        assert _hashes(chain) == later, step
+        report = verify(VerifyConfig(chain))
+        assert report.sound and not report.warnings, (step, report.warnings)
+        full = chain / "vda.full.data"
+        assert read_checksum(full) == file_adler32(full), step
+        assert not list(chain.glob("*.partial")), step
+        if finished:
+            break
+        step += 1
+    assert step > 8  # every rename and removal of the run was a crash point once
