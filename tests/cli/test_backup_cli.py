@@ -280,7 +280,7 @@ def _kill_between_disks(vm: TestVM, level: str, out: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    pattern = "vda.full.data" if level == "full" else f"vda.{level}.*.data"
+    pattern = {"full": "vda.full.data", "copy": "vda.copy.data"}.get(level, f"vda.{level}.*.data")
     while time.monotonic() < deadline and proc.poll() is None:
         finished = list(out.glob(pattern))
         partial = list(out.glob("vdb.*.data.partial"))
@@ -330,5 +330,32 @@ def test_sigkill_between_disks_leaves_no_point_that_covers_some(make_vm, tmp_pat
         shutil.rmtree(restored)
         code, _, err = run("restore", str(out), "-o", str(restored), "--format", "raw",
                            "--disk", target)  # fmt: skip
+        assert code == 0, err
+        assert_identical(restored / f"{target}.raw", expected[target], fmt="raw")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("level", ["inc", "copy"])
+def test_sigkill_between_disks_then_the_same_level_again(make_vm, tmp_path: Path, level) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm(disks=[DiskSpec("vda", 8 * MiB), DiskSpec("vdb", 64 * MiB)])
+    out = tmp_path / "set"
+    assert run("full", vm.name, "-o", str(out), "--no-progress")[0] == 0
+    vm.write("vda", 0, os.urandom(2 * MiB))
+    for off in range(0, 48 * MiB, 4 * MiB):
+        vm.write("vdb", off, os.urandom(4 * MiB))
+    expected = {t: vm.expected(t) for t in ("vda", "vdb")}
+    _kill_between_disks(vm, level, out)
+    code, text, err = run("verify", str(out), "--no-progress")
+    assert code == 0, text + err  # the killed run's finished vda file is not in the set
+    assert "did not finish" in err
+    code, _, err = run(level, vm.name, "-o", str(out), "--no-progress")
+    assert code == 0, err
+    assert "of a run that did not finish" in err
+    until = ["--until", "copy"] if level == "copy" else []
+    restored = tmp_path / "restored"
+    for target in ("vda", "vdb"):
+        shutil.rmtree(restored, ignore_errors=True)
+        code, _, err = run("restore", str(out), "-o", str(restored), "--format", "raw",
+                           "--disk", target, *until)  # fmt: skip
         assert code == 0, err
         assert_identical(restored / f"{target}.raw", expected[target], fmt="raw")
