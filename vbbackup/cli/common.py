@@ -24,6 +24,12 @@ class ErrorHandlingGroup(click.Group):
         except VbError as err:
             click.echo(f"{ctx.find_root().info_name}: error: {err}", err=True)
             sys.exit(err.exit_code)
+        except click.UsageError as err:  # a bad argument or option: the same one line
+            command = " ".join(filter(None, [ctx.find_root().info_name, ctx.invoked_subcommand]))
+            hint = f" (see {command} -h)"
+            click.echo(f"{ctx.find_root().info_name}: error: {err.format_message()}{hint}",
+                       err=True)  # fmt: skip
+            sys.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo(f"{ctx.find_root().info_name}: interrupted", err=True)
             sys.exit(130)
