@@ -191,6 +191,14 @@ def _check_disk(disk: str, result: Survey) -> None:
                 Problem(result.directory / f"{disk}.full.data", "missing full backup of the disk")
             )
         return
+    full_meta = fulls[0].meta if fulls else None
+    if full_meta is not None and full_meta.parent_checkpoint:
+        problems.append(
+            Problem(
+                fulls[0].path,
+                f"a full backup whose meta names a parent ({full_meta.parent_checkpoint!r})",
+            )
+        )
     parent: str | None = None
     for k, name in enumerate(names):
         member = (fulls[0] if fulls else None) if k == 0 else incs.pop(name, None)
@@ -224,7 +232,10 @@ def _check_disk(disk: str, result: Survey) -> None:
                 "finish; not part of the chain any more (`vbbackup consolidate` removes it)"
             )
             continue
-        problems.append(Problem(entry.path, f"incremental {ident!r} is not in the checkpoint list"))
+        result.warnings.append(  # readers leave it out: the chain's points are not affected
+            f"{entry.path}: incremental {ident!r} is not in the checkpoint list, not part of "
+            "the chain (a run that did not finish?), ignored"
+        )
     for entry in entries:
         if entry.data.level != DIFF or entry.meta is None:
             continue

@@ -1,0 +1,126 @@
+"""verify and the readers judge a set alike (issue: one chain model).
+
+Hypothesis writes a chain (full + incrementals), damages it the ways sets get
+damaged (a file missing, renamed or extra, a meta that names the wrong
+checkpoint, parent or disk, the checkpoint list reordered; a disk resized
+within a chain is legal, see test_backupset), and checks: what ``verify``
+calls sound opens at every point and reads exactly what the model says; what
+it calls unsound is refused by the reader for at least one point of the chain.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from tests.chain.chains import Model, cp_name, write_chain, write_stream
+from vbbackup.chain import BackupSet, open_view
+from vbbackup.engine.verify import VerifyConfig, verify
+from vbbackup.errors import ChainError, StreamFormatError
+
+SIZE = 64 * 1024
+DAMAGES = st.sampled_from(
+    [
+        "none", "drop-inc", "drop-full", "rename-inc", "extra-inc", "full-with-parent",
+        "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt",
+    ]
+)  # fmt: skip
+
+
+def _steps(n: int, seed: int) -> list[list[tuple[int, bytes] | tuple[int, int]]]:
+    steps: list[list[tuple[int, bytes] | tuple[int, int]]] = [
+        [(0, bytes([seed % 256]) * 4096), (4096, SIZE - 4096)]
+    ]
+    for k in range(1, n):
+        steps.append([((k * 4096) % SIZE, bytes([(seed + k) % 256]) * 4096)])
+    return steps
+
+
+def _damage(directory: Path, damage: str, n: int) -> None:
+    inc = directory / f"vda.inc.{cp_name(n - 1)}.data"
+    if damage == "drop-inc" and n > 2:
+        (directory / f"vda.inc.{cp_name(1)}.data").unlink()
+    elif damage == "drop-full":
+        (directory / "vda.full.data").unlink()
+    elif damage == "rename-inc" and n > 1:
+        inc.rename(directory / "vda.inc.virtnbdbackup.99.data")
+    elif damage == "extra-inc":
+        write_stream(directory / "vda.inc.virtnbdbackup.77.data", SIZE, [(0, b"x" * 512)],
+                     checkpoint="virtnbdbackup.77", parent=cp_name(0))  # fmt: skip
+    elif damage == "full-with-parent":
+        write_stream(directory / "vda.full.data", SIZE, [(0, SIZE)], checkpoint=cp_name(0),
+                     parent="virtnbdbackup.42")  # fmt: skip
+    elif damage == "wrong-checkpoint" and n > 1:
+        write_stream(inc, SIZE, [(0, b"y" * 512)], checkpoint="virtnbdbackup.55",
+                     parent=cp_name(n - 2))  # fmt: skip
+    elif damage == "wrong-parent" and n > 2:
+        write_stream(inc, SIZE, [(0, b"y" * 512)], checkpoint=cp_name(n - 1),
+                     parent=cp_name(0) if n > 2 else None)  # fmt: skip
+    elif damage == "wrong-disk" and n > 1:
+        meta_disk = directory / "vdb.tmp"
+        write_stream(meta_disk, SIZE, [(0, b"z" * 512)], checkpoint=cp_name(n - 1),
+                     parent=cp_name(n - 2))  # fmt: skip
+        meta_disk.rename(inc)  # a stream of disk vdb under vda's name
+    elif damage == "reorder-cpt" and n > 2:
+        names = [cp_name(k) for k in range(n)]
+        names[1], names[2] = names[2], names[1]
+        (directory / "vm.cpt").write_text(json.dumps(names))
+
+
+def _reader_verdict(directory: Path, n: int) -> tuple[bool, list[bytes | None]]:
+    """(every point of the chain opens, the bytes of each point or None)."""
+    try:
+        backup = BackupSet(directory)
+        points = [p.name for p in backup.points("vda")]
+    except (ChainError, StreamFormatError):
+        return False, []
+    got: list[bytes | None] = []
+    ok = True
+    for k in range(n):
+        try:
+            with open_view(directory, "vda", cp_name(k)) as view:
+                got.append(view.read(0, view.size))
+        except (ChainError, StreamFormatError):
+            ok = False
+            got.append(None)
+    return ok and all(cp_name(k) in points for k in range(n)), got
+
+
+ALL = ("none", "drop-inc", "drop-full", "rename-inc", "extra-inc", "full-with-parent",
+       "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt")  # fmt: skip
+
+
+def _with_every_damage(test):  # type: ignore[no-untyped-def]
+    for damage in ALL:  # each damage at least once, on a chain long enough for it
+        test = example(3, 7, damage)(test)
+    return test
+
+
+@_with_every_damage
+@settings(max_examples=120, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 255), DAMAGES)
+def test_verify_and_the_reader_agree(n: int, seed: int, damage: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="vbmodel-") as tmp:
+        directory = Path(tmp) / "set"
+        steps = _steps(n, seed)
+        write_chain(directory, SIZE, steps)
+        _damage(directory, damage, n)
+        try:
+            report = verify(VerifyConfig(directory))
+            sound = report.sound
+            problems = [str(p) for p in report.problems]
+        except ChainError as err:  # no set at all
+            sound, problems = False, [str(err)]
+        opens, got = _reader_verdict(directory, n)
+        if sound:
+            assert opens, (damage, "verify calls it sound, the reader refuses it")
+            model = Model(SIZE)
+            for k, frames in enumerate(steps):
+                model.apply(frames)
+                assert got[k] == bytes(model.data), (damage, k)
+        else:
+            assert not opens, (damage, "verify finds problems the reader ignores", problems)
