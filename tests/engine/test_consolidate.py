@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from tests.chain.chains import write_chain, write_stream
 from tests.harness.compare import assert_identical
+from tests.harness.crash import Crash, dying_at
 from tests.harness.fixtures import own_vm
 from tests.harness.vm import DiskSpec, TestVM
 from tests.integration.vnb_sets import (
@@ -315,32 +316,6 @@ def test_killed_right_after_the_swap_the_rerun_writes_the_checks(chain: Path) ->
     assert _hashes(chain) == {k: v for k, v in before.items() if k in _hashes(chain)}
 
 
-class _Crash(BaseException):
-    """The process dies here: no cleanup code of ours runs (as with SIGKILL)."""
-
-
-class _DyingAt:
-    """os.replace and os.unlink that kill the process at their ``step``-th call, and after."""
-
-    def __init__(self, step: int) -> None:
-        self.step, self.calls, self.dead = step, 0, False
-        self.real_replace, self.real_unlink = os.replace, os.unlink
-
-    def replace(self, *args: object, **kwargs: object) -> None:
-        self._tick()
-        self.real_replace(*args, **kwargs)  # type: ignore[arg-type]
-
-    def unlink(self, *args: object, **kwargs: object) -> None:
-        self._tick()
-        self.real_unlink(*args, **kwargs)  # type: ignore[arg-type]
-
-    def _tick(self) -> None:
-        if self.dead or self.calls == self.step:
-            self.dead = True
-            raise _Crash
-        self.calls += 1
-
-
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "lz4"])
 def test_killed_at_every_step_restores_and_the_rerun_finishes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compressed: bool
@@ -356,15 +331,12 @@ def test_killed_at_every_step_restores_and_the_rerun_finishes(
     while True:
         chain = tmp_path / f"run{step}"
         shutil.copytree(origin, chain)
-        dying = _DyingAt(step)
-        with monkeypatch.context() as patched:
-            patched.setattr(os, "replace", dying.replace)
-            patched.setattr(os, "unlink", dying.unlink)
-            try:
+        try:
+            with dying_at(monkeypatch, step):
                 consolidate(ConsolidateConfig(chain, until="virtnbdbackup.2"), lambda _: None)
-                finished = True
-            except _Crash:
-                finished = False
+            finished = True
+        except Crash:
+            finished = False
         assert {k: v for k, v in _hashes(chain).items() if k in later} == later, step
         assert verify(VerifyConfig(chain)).problems == [], step
         consolidate(ConsolidateConfig(chain, until="virtnbdbackup.2"), lambda _: None)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from tests.harness.crash import Crash, dying_at
 from vbbackup.cli import main
 from vbbackup.engine.prune import PruneConfig, prune
 from vbbackup.errors import UsageError
@@ -123,3 +124,34 @@ def test_cli_missing_root_is_one_line(tmp_path: Path) -> None:
     assert result.output.strip().splitlines() == [
         f"vbbackup: error: backup root does not exist or is not a directory: {tmp_path / 'nope'}"
     ]
+
+
+def test_killed_at_every_step_leaves_no_half_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash before each rename and removal of prune in turn: the kept chains are whole,
+    the doomed one is whole or out of sight, and the next prune ends in the same place."""
+    step = 0
+    while True:
+        root = tmp_path / f"run{step}"
+        root.mkdir()
+        make_chain(root, "old", "2026-11-01T10:00:00", incs=3)
+        make_chain(root, "new", "2026-11-20T10:00:00")
+        whole = sorted(p.name for p in (root / "new").rglob("*"))
+        try:
+            with dying_at(monkeypatch, step):
+                prune(PruneConfig(root, keep_chains=1), lambda _: None)
+            finished = True
+        except Crash:
+            finished = False
+        assert sorted(p.name for p in (root / "new").rglob("*")) == whole, step
+        visible = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        assert visible in (["new", "old"], ["new"]), step
+        if "old" in visible:  # not renamed yet: still a whole chain
+            assert len(list((root / "old").glob("*.data"))) == 4, step
+        prune(PruneConfig(root, keep_chains=1), lambda _: None)
+        assert sorted(p.name for p in root.iterdir()) == ["new"], step
+        if finished:
+            break
+        step += 1
+    assert step > 5

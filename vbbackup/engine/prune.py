@@ -83,7 +83,13 @@ def find_chains(root: Path) -> list[ChainDir]:
         raise UsageError(
             f"{root} is itself a chain directory; give the directory that holds the chains"
         )
-    chains = [_describe(p) for p in sorted(root.iterdir()) if is_chain_dir(p)]
+    # a directory an interrupted prune renamed is a leftover, never a chain (even while
+    # its .cpt is still there)
+    chains = [
+        _describe(p)
+        for p in sorted(root.iterdir())
+        if is_chain_dir(p) and not p.name.endswith(PRUNING_SUFFIX)
+    ]
     return sorted(chains, key=lambda c: (_naive(c.date), c.path.name))
 
 
