@@ -9,6 +9,7 @@ that file's bytes back from the backup chain at both checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -89,10 +90,11 @@ def main() -> int:
             run(VBBACKUP, "inc", vm.name, "-o", str(out), "--no-progress", "--compress")
             say("what was written:")
             run(VBBACKUP, "info", str(out))
-            for name in ("virtnbdbackup.0", "virtnbdbackup.1"):
+            names = json.loads((out / f"{vm.name}.cpt").read_text())  # vbbackup.<chain>.N
+            for name in names:
                 text = read_motd(out, name, motd).decode().rstrip()
                 say(f"/etc/motd in the backup at {name}: {text!r}")
-            if read_motd(out, "virtnbdbackup.1", motd) != MOTD_V2:
+            if read_motd(out, names[1], motd) != MOTD_V2:
                 say("FAILED: the incremental does not hold the changed file")
                 return 1
             say("the incremental holds the changed file; the full still holds the old one")

@@ -15,6 +15,7 @@ from vbbackup.chain import COPY, DIFF, FULL
 from vbbackup.engine import domainxml
 from vbbackup.engine.survey import FileEntry, Survey, survey
 from vbbackup.errors import VbError
+from vbbackup.fsutil import sums_path
 from vbbackup.virt.agent import consistency_line
 
 
@@ -103,6 +104,7 @@ def _backup(entry: FileEntry) -> dict[str, Any]:
         "file_size": entry.file_size,
         "compression": _compression(entry),
         "checksum_file": entry.has_checksum,
+        "sums_file": sums_path(entry.path).exists(),  # every read of it is checked
     }
 
 
@@ -139,7 +141,7 @@ def render(report: dict[str, Any]) -> str:
         record = point.get("consistency")
         if record:  # sets made by virtnbdbackup record nothing
             lines.append(f"  {'':<24} {consistency_line(record)}")
-    header = ("file", "level", "virtual", "data", "file size", "compression", "chksum")
+    header = ("file", "level", "virtual", "data", "file size", "compression", "chksum", "sums")
     for disk, backups in report["disks"].items():
         lines += ["", f"Disk {disk}:"]
         rows = [header] + [
@@ -151,6 +153,7 @@ def render(report: dict[str, Any]) -> str:
                 human_size(b["file_size"]),
                 b["compression"] or "?",
                 "yes" if b["checksum_file"] else "no",
+                "yes" if b["sums_file"] else "no",
             )
             for b in backups
         ]
