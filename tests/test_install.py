@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,12 @@ def test_an_installed_package_restores_outside_the_checkout(tmp_path: Path) -> N
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
                    check=True)  # fmt: skip
     # the dependencies come from Debian's packages (scripts/setup.sh); no network
+    source = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info beside it
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info")
+    )
     install = [str(venv / "bin/pip"), "install", "-q", "--no-deps", "--no-build-isolation",
-               str(ROOT)]  # fmt: skip
+               str(source)]  # fmt: skip
     subprocess.run(install, check=True, cwd=tmp_path, capture_output=True)
     plugin = subprocess.run(
         [str(venv / "bin/python"), "-c", "from vbbackup.nbdio.server import PLUGIN; print(PLUGIN)"],

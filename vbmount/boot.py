@@ -22,11 +22,10 @@ from pathlib import Path
 import libvirt
 
 from vbbackup.chain import BackupSet
-from vbbackup.engine import domainxml
 from vbbackup.errors import LibvirtError, MountError
 from vbbackup.nbdio import proc
 from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
-from vbbackup.virt import libvirt_connection
+from vbbackup.virt import domainxml, libvirt_connection
 from vbmount import resources
 from vbmount.mounting import require_root
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from vbbackup.chain import COPY, DIFF, FULL
-from vbbackup.engine import domainxml
 from vbbackup.engine.survey import FileEntry, Survey, survey
 from vbbackup.errors import VbError
 from vbbackup.fsutil import sums_path
+from vbbackup.virt import domainxml
 from vbbackup.virt.agent import consistency_line
 
 

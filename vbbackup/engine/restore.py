@@ -27,11 +27,11 @@ import libvirt
 from lxml import etree
 
 from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
-from vbbackup.engine import domainxml
 from vbbackup.engine.copyout import FORMATS, Export, copy_out
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
+from vbbackup.virt import domainxml
 from vbbackup.virt.connection import error_text, libvirt_connection
 
 # (disk being written, its bytes written so far); called from a helper thread
@@ -213,20 +213,21 @@ def _saved_xml(backup: BackupSet, point: PointInTime) -> Path | None:
     return saved[-1] if saved else None
 
 
-def _backup_format(point: PointInTime, saved: domainxml.SavedDisk | None) -> str:
-    for fmt in (point.meta.disk_format, saved.fmt if saved else None):
+def _backup_format(point: PointInTime, saved: domainxml.DomainDisk | None) -> str:
+    for fmt in (point.meta.disk_format, saved.format if saved else None):
         if fmt in FORMATS:
             return str(fmt)
     return "qcow2"
 
 
-def _image_name(disk: str, fmt: str, saved: domainxml.SavedDisk | None, taken: set[str]) -> str:
+def _image_name(disk: str, fmt: str, saved: domainxml.DomainDisk | None, taken: set[str]) -> str:
     """The source image's file name (format suffix swapped if the format changed)."""
     fallback = f"{disk}.{fmt}"
-    if saved is None or not saved.source:
+    source = (saved.path or saved.source_name) if saved is not None else None
+    if saved is None or not source:
         return fallback
-    name = Path(saved.source).name
-    if saved.fmt != fmt:
+    name = Path(source).name
+    if saved.format != fmt:
         stem = Path(name).stem if Path(name).suffix in (".qcow2", ".raw", ".img") else name
         name = f"{stem}.{fmt}"
     if name in taken or name.endswith(".partial"):

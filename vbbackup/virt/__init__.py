@@ -2,7 +2,7 @@
 
 from vbbackup.virt.checkpoints import CHECKPOINT_PREFIX, Checkpoints, checkpoint_index
 from vbbackup.virt.connection import libvirt_connection, lookup_domain
-from vbbackup.virt.disks import DomainDisk, domain_disks
+from vbbackup.virt.domainxml import DomainDisk, domain_disks
 from vbbackup.virt.imageinfo import image_info
 from vbbackup.virt.job import BackupJob, JobDisk
 

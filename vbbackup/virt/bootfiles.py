@@ -20,6 +20,7 @@ from lxml import etree
 
 from vbbackup import fsutil
 from vbbackup.errors import VbError
+from vbbackup.virt import domainxml
 from vbbackup.virt.remote import on_host
 
 BOOT_ELEMENTS = ("kernel", "initrd", "loader", "nvram")
@@ -33,13 +34,8 @@ class BootFile:
 
 def boot_files(domain_xml: str | bytes) -> list[BootFile]:
     """The boot files a domain XML names under ``<os>``, in BOOT_ELEMENTS order."""
-    root = etree.fromstring(domain_xml.encode() if isinstance(domain_xml, str) else domain_xml)
-    found = []
-    for kind in BOOT_ELEMENTS:
-        text = root.findtext(f"os/{kind}")
-        if text and text.strip():
-            found.append(BootFile(kind, Path(text.strip())))
-    return found
+    named = domainxml.boot_files(domain_xml)
+    return [BootFile(kind, Path(named[kind])) for kind in BOOT_ELEMENTS if kind in named]
 
 
 def save_boot_files(

@@ -1,4 +1,7 @@
-"""The saved domain XML of a backup: what restore and boot read from it and how they rewrite it.
+"""The one domain-XML module: the disks and boot files a domain XML names, and the rewrites.
+
+Backup reads the live domain's disks and boot files here; restore and boot
+read the XML saved with a backup and rewrite it here.
 
 ``--adjust-config`` turns the XML saved with a backup into one that can be
 defined next to the original domain::
@@ -25,13 +28,55 @@ BOOT_ELEMENTS = ("loader", "nvram", "kernel", "initrd")
 
 
 @dataclass(frozen=True)
-class SavedDisk:
-    """A disk of the saved domain: its target, device kind, driver format and image file."""
+class DomainDisk:
+    """One ``<disk>`` of the domain XML."""
 
     target: str
-    device: str
-    fmt: str | None
-    source: str | None
+    device: str  # disk, cdrom, floppy, lun
+    type: str  # file, block, network, volume
+    format: str  # qcow2, raw, ... ("" when not given)
+    path: str | None  # file or block device; None for network and pool volumes, empty drives
+    has_medium: bool = True  # False for an empty drive (no <source>)
+    source_name: str | None = None  # a network or pool volume's name (restore names images by it)
+
+    @property
+    def removable(self) -> bool:
+        return self.device in ("cdrom", "floppy")
+
+    @property
+    def bitmap_capable(self) -> bool:
+        """Whether checkpoints (dirty bitmaps) are possible: qcow2, not a LUN."""
+        return self.format == "qcow2" and self.device == "disk"
+
+
+def domain_disks(xml: str | bytes | etree._ElementTree) -> list[DomainDisk]:
+    """Every disk of a domain XML document, in document order."""
+    if isinstance(xml, etree._ElementTree):
+        root = xml.getroot()
+    else:
+        root = etree.fromstring(xml.encode() if isinstance(xml, str) else xml)
+    disks = []
+    for node in root.iterfind("devices/disk"):
+        target = node.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        driver = node.find("driver")
+        source = node.find("source")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev")
+        disks.append(
+            DomainDisk(
+                target=target.get("dev", ""),
+                device=node.get("device", "disk"),
+                type=node.get("type", "file"),
+                format=driver.get("type", "") if driver is not None else "",
+                path=path,
+                has_medium=source is not None,
+                source_name=source.get("name") if source is not None else None,
+            )
+        )
+    return disks
 
 
 def parse(path: Path) -> etree._ElementTree:
@@ -53,29 +98,15 @@ def domain_name(tree: etree._ElementTree) -> str:
     return str(tree.findtext("name") or "")
 
 
-def saved_disks(tree: etree._ElementTree) -> dict[str, SavedDisk]:
+def saved_disks(tree: etree._ElementTree) -> dict[str, DomainDisk]:
     """Disks by target dev, as the domain had them at backup time."""
-    disks = {}
-    for disk in tree.iterfind("devices/disk"):
-        target = disk.find("target")
-        if target is None or not target.get("dev"):
-            continue
-        source = disk.find("source")
-        driver = disk.find("driver")
-        path = None
-        if source is not None:
-            path = source.get("file") or source.get("dev") or source.get("name")
-        disks[str(target.get("dev"))] = SavedDisk(
-            target=str(target.get("dev")),
-            device=disk.get("device", "disk"),
-            fmt=driver.get("type") if driver is not None else None,
-            source=path,
-        )
-    return disks
+    return {d.target: d for d in domain_disks(tree)}
 
 
-def boot_files(tree: etree._ElementTree) -> dict[str, str]:
+def boot_files(tree: etree._ElementTree | str | bytes) -> dict[str, str]:
     """``<os>`` files (loader, nvram, kernel, initrd) by element name."""
+    if not isinstance(tree, etree._ElementTree):
+        tree = etree.ElementTree(etree.fromstring(tree.encode() if isinstance(tree, str) else tree))
     found = {}
     for name in BOOT_ELEMENTS:
         text = tree.findtext(f"os/{name}")
