@@ -122,6 +122,9 @@ def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> No
             f"up to {item.point.name}"
         )
         _write_full(item)
+    for item in plans:  # before any removal: then every merged file has its placeholder
+        for data in item.leftovers + item.merged:
+            _write_placeholder(item, data)
     for item in plans:
         for data in item.leftovers + item.merged:
             _remove_durably(fsutil.checksum_path(data.path))
@@ -133,6 +136,39 @@ def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> No
             report(f"{item.disk}: wrote the missing {item.full.name}.chksum and .sums")
         if item.merged:
             report(f"{item.disk}: {item.full.name} now holds checkpoint {item.point.name}")
+
+
+def placeholder_path(data: DataFile) -> Path:
+    """``vda.merged.<checkpoint>.data``: not a data file to our readers (no level matches)."""
+    return data.path.with_name(f"{data.disk}.merged.{data.ident}.data")
+
+
+def _write_placeholder(item: DiskPlan, data: DataFile) -> None:
+    """An empty stream in the merged incremental's place (and with its mtime).
+
+    virtnbdrestore 2.47 finds a disk's files by mtime and sizes the target from
+    "the file at index N" for ``--until <name>.N``: with one file per checkpoint
+    kept, every later checkpoint restores; the placeholder restores nothing and
+    names no checkpoint (so it never stops a restore early).
+    """
+    path = placeholder_path(data)
+    meta = StreamMeta(
+        virtual_size=item.point.virtual_size,
+        data_size=0,
+        date=item.point.meta.date,
+        disk_name=item.disk,
+        disk_format=item.point.meta.disk_format,
+        checkpoint_name=f"merged-{data.ident}",
+        parent_checkpoint=None,
+        incremental=True,
+        compressed=False,
+    )
+    with fsutil.atomic_output(path, overwrite=True) as f:
+        writer = StreamWriter(f, meta)
+        writer.finish()
+    fsutil.write_stream_checks(path, writer)
+    stat = data.path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 def _synthetic(item: DiskPlan) -> bool:
