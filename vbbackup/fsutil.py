@@ -94,7 +94,7 @@ def read_checksum(data_path: Path | str) -> int | None:
     """The stored adler32, or None when there is no checksum file."""
     path = checksum_path(data_path)
     try:
-        text = path.read_text().strip()
+        text = path.read_bytes().decode("ascii", errors="replace").strip()
     except FileNotFoundError:
         return None
     try:

@@ -4,28 +4,29 @@ Order of a run, so that a crash at any point leaves a restorable set:
 lock the domain -> inspect disks -> plan checkpoints -> begin the pull job
 (creates the new checkpoint) -> side files -> one stream per disk, each to
 ``*.partial`` and renamed when complete -> ``DOMAIN.cpt`` last -> end the job.
+
+The pieces: ``backup_types`` (config, results, reporter), ``backup_plan``
+(pure planning, no libvirt), ``backup_disk`` (one disk's stream and its
+checks, over ``diskstream``'s data path), ``backup_ops`` (the admin options'
+steps); this module runs them in order and owns the libvirt side of the
+chain (checkpoints, their identity, undoing an unfinished run).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from vbbackup.chain import BackupSet, PointInTimeView
 from vbbackup.chain.backupset import PendingRun
+from vbbackup.engine.backup_disk import backup_disks
 from vbbackup.engine.backup_ops import (
-    BackupOptions,
     BrokenChainError,
     Estimate,
     Say,
@@ -41,26 +42,37 @@ from vbbackup.engine.backup_ops import (
     refuse_or_fall_back,
     tls_dir,
 )
+from vbbackup.engine.backup_plan import (  # noqa: F401 - select_disks: public
+    check_bitmap_capable,
+    check_sizes,
+    plan_disk,
+    require_chain,
+    require_whole_chain,
+    resolve_level,
+    select_disks,
+)
+from vbbackup.engine.backup_types import (  # noqa: F401 - the public names of a run
+    AUTO,
+    LEVELS,
+    BackupConfig,
+    BackupResult,
+    DiskPlan,
+    DiskResult,
+    Reporter,
+)
 from vbbackup.engine.backupset import COPY, DIFF, FULL, INC, BackupDir
-from vbbackup.engine.diskstream import copy_extents
 from vbbackup.engine.lock import directory_lock, domain_lock
-from vbbackup.engine.writeback import WritebackFile
 from vbbackup.errors import (
     ChainError,
     LibvirtError,
-    StreamFormatError,
     TargetExistsError,
     UsageError,
     VbError,
 )
-from vbbackup.format import StreamMeta, StreamWriter, read_index
-from vbbackup.fsutil import atomic_output, write_stream_checks
-from vbbackup.nbdio import Extent, NbdReader, changed_extents, data_size
 from vbbackup.virt import (
     BackupJob,
     Checkpoints,
     DomainDisk,
-    JobDisk,
     checkpoint_index,
     domain_disks,
     image_info,
@@ -77,95 +89,10 @@ from vbbackup.virt.checkpoints import (
     identity_mismatch,
     new_chain_id,
 )
-from vbbackup.virt.imageinfo import qcow2_compat
 from vbbackup.virt.job import end_stale_job
 from vbbackup.virt.remote import ssh_prefix
 
-AUTO = "auto"
-LEVELS = (FULL, INC, DIFF, COPY, AUTO)
-MiB = 1024 * 1024
 log = logging.getLogger("vbbackup.backup")
-
-
-@dataclass(frozen=True)
-class BackupConfig:
-    """Everything one run needs; built by the CLI, never a click context."""
-
-    domain: str
-    level: str
-    output: Path
-    uri: str = "qemu:///system"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    compress: int | None = None  # lz4 level, None: uncompressed
-    workers: int | None = None  # disks in parallel, None: one per disk
-    scratch_dir: Path = Path("/var/tmp")
-    sparse_detection: bool = True
-    raw: bool = False
-    request_size: int = 4 * MiB
-    in_flight: int = 4
-    ops: BackupOptions = BackupOptions()  # admin options (see backup_ops)
-
-
-@dataclass
-class DiskResult:
-    target: str
-    level: str
-    path: str
-    data_bytes: int
-    zero_bytes: int
-    file_bytes: int
-    seconds: float
-
-    @property
-    def throughput(self) -> float:
-        """Data bytes per second."""
-        return self.data_bytes / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class BackupResult:
-    domain: str
-    level: str
-    directory: str
-    checkpoint: str | None
-    disks: list[DiskResult] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    estimate: Estimate | None = None  # --estimate: the run's result instead of streams
-    consistency: dict[str, Any] | None = None  # frozen by the guest agent (where), or why not
-
-    def to_dict(self) -> dict[str, Any]:
-        result = asdict(self)
-        if self.estimate is not None:
-            result["estimate"]["bytes"] = self.estimate.total
-        return result
-
-
-class Reporter:
-    """What a run tells its user; the CLI overrides these (thread-safe there)."""
-
-    def info(self, message: str) -> None:
-        log.info(message)
-
-    def disk_started(self, target: str, total: int) -> None:
-        pass
-
-    def disk_progress(self, target: str, done: int) -> None:
-        pass
-
-    def disk_done(self, result: DiskResult) -> None:
-        pass
-
-
-@dataclass(frozen=True)
-class _DiskPlan:
-    disk: DomainDisk
-    level: str  # FULL, INC, DIFF or COPY (raw disks in a full run: COPY)
-    path: Path
-    incremental: bool
-    checkpoint: str
-    parent: str | None
 
 
 def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> BackupResult:
@@ -229,12 +156,12 @@ class _Run:
             )
             self._check_chain(parent, new_cp)
             ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[self.level]
-            plans = [_plan_disk(d, self.level, self.out, ident or "", meta_cp, parent)
+            plans = [plan_disk(d, self.level, self.out, ident or "", meta_cp, parent)
                      for d in self.chosen]  # fmt: skip
             self._clear_leftovers(plans)
             job = self._begin_job(stack, plans, parent, new_cp)
             self._save_side_files(ident or COPY, new_cp)
-            results = _backup_disks(job, plans, self.config, self.reporter)
+            results = backup_disks(job, plans, self.config, self.reporter)
             if new_cp:  # the commit (it removes the commit record)
                 self.out.write_checkpoints([*(self.chain if self.level == INC else []), new_cp])
             else:
@@ -256,11 +183,11 @@ class _Run:
     def _open_output(self, stack: ExitStack) -> None:
         """The level ``auto`` resolves to, the chain it extends, then the directory and the
         run's own log: a run refused for its options or its chain leaves nothing behind."""
-        self.level = _resolve_level(self.config.level, self.out)
+        self.level = resolve_level(self.config.level, self.out)
         check_options(self.level, self.ops, auto=self.config.level == AUTO)
         if self.level in (INC, DIFF):
-            _require_chain(self.out, self.out.checkpoints())
-            _require_whole_chain(self.out, self.out.checkpoints())
+            require_chain(self.out, self.out.checkpoints())
+            require_whole_chain(self.out, self.out.checkpoints())
         if not self.ops.estimate:
             self.out.create()
             stack.enter_context(_run_log(self.out, self.level))
@@ -284,7 +211,7 @@ class _Run:
             for d in self.chosen
             if d.path and d.type != "network"
         }
-        _check_bitmap_capable(self.chosen, self.infos, self.level)
+        check_bitmap_capable(self.chosen, self.infos, self.level)
         self.cps = Checkpoints(dom)
         self.chain = self.out.checkpoints()
         self.bitmap_disks = [d.target for d in self.chosen if d.bitmap_capable]
@@ -310,14 +237,14 @@ class _Run:
     def _check_chain(self, parent: str | None, new_cp: str | None) -> None:
         """Before any job: sizes and bitmaps fit the chain; no orphaned bitmap is in the way."""
         if self.level in (INC, DIFF):
-            _check_sizes(self.out, self.chosen, self.infos)
+            check_sizes(self.out, self.chosen, self.infos)
         if parent is not None:
             check_bitmaps(self.dom, parent, self.bitmap_disks)
         if new_cp:
             all_targets = [d.target for d in self.all_disks]
             drop_orphans(self.dom, new_cp, self.bitmap_disks, all_targets, self.say)
 
-    def _clear_leftovers(self, plans: list[_DiskPlan]) -> None:
+    def _clear_leftovers(self, plans: list[DiskPlan]) -> None:
         """Remove what a run that died left; refuse to overwrite a finished stream."""
         leftovers = self.out.partial_files()
         if self.level == INC:  # streams of a checkpoint that never made it into the chain
@@ -331,7 +258,7 @@ class _Run:
                 raise TargetExistsError(f"{plan.path} already exists; refusing to overwrite it")
 
     def _begin_job(
-        self, stack: ExitStack, plans: list[_DiskPlan], parent: str | None, new_cp: str | None
+        self, stack: ExitStack, plans: list[DiskPlan], parent: str | None, new_cp: str | None
     ) -> BackupJob:
         """The pull job (and the new checkpoint), guest filesystems frozen around its start."""
         chain_targets = [p.disk.target for p in plans if p.level != COPY]
@@ -394,20 +321,6 @@ class _Run:
         )
 
 
-def _resolve_level(level: str, out: BackupDir) -> str:
-    """``auto``: full into an empty or new directory, inc where a chain is."""
-    if level != AUTO:
-        return level
-    if out.checkpoints():
-        return INC
-    if not [p for p in out.data_files() if not p.name.endswith(".copy.data")]:
-        return FULL
-    raise ChainError(
-        f"{out.path} holds backup files but no {out.cpt_path.name}: "
-        "`auto` cannot tell what to do; use a new directory"
-    )
-
-
 @contextmanager
 def _run_log(out: BackupDir, level: str) -> Iterator[None]:
     """``backup.<level>.<time>.log`` in the output directory: the run's own log."""
@@ -429,58 +342,6 @@ def _run_log(out: BackupDir, level: str) -> Iterator[None]:
         handler.close()
 
 
-def select_disks(
-    disks: list[DomainDisk], config: BackupConfig, level: str
-) -> tuple[list[DomainDisk], dict[str, str]]:
-    """The disks this run backs up, and why each other one is left out."""
-    targets = {d.target for d in disks}
-    for name in (*config.include, *config.exclude):
-        if name not in targets:
-            raise UsageError(
-                f"domain {config.domain!r} has no disk {name!r} "
-                f"(disks: {', '.join(sorted(targets))})"
-            )
-    chosen: list[DomainDisk] = []
-    skipped: dict[str, str] = {}
-    for d in disks:
-        if config.include and d.target not in config.include:
-            skipped[d.target] = "not included"
-        elif d.target in config.exclude:
-            skipped[d.target] = "excluded"
-        elif d.removable:
-            skipped[d.target] = f"{d.device} drives are never backed up"
-        elif not d.has_medium:
-            skipped[d.target] = "no medium"
-        elif not d.bitmap_capable and not config.raw:
-            kind = "direct-attached LUN" if d.device == "lun" else f"{d.format or 'raw'} image"
-            skipped[d.target] = f"{kind} cannot carry checkpoints (--raw copies it whole)"
-        elif not d.bitmap_capable and level in (INC, DIFF):
-            skipped[d.target] = f"{d.format or 'raw'} disk: only full and copy back it up"
-        else:
-            chosen.append(d)
-    if not chosen:
-        raise UsageError(
-            f"nothing to back up in domain {config.domain!r}: "
-            + "; ".join(f"{t}: {why}" for t, why in skipped.items())
-        )
-    return chosen, skipped
-
-
-def _check_bitmap_capable(
-    disks: list[DomainDisk], infos: dict[str, dict[str, Any]], level: str
-) -> None:
-    if level == COPY:
-        return
-    for d in disks:
-        info = infos.get(d.target)
-        if d.bitmap_capable and info is not None and qcow2_compat(info) == "0.10":
-            raise LibvirtError(
-                f"disk {d.target} ({d.path}) is a qcow2 v2 image (compat=0.10), which cannot "
-                f"hold the dirty bitmaps of checkpoints: back it up with `vbbackup copy`, or "
-                f"upgrade it (domain shut off) with `qemu-img amend -o compat=1.1 {d.path}`"
-            )
-
-
 def _plan_checkpoints(
     level: str,
     out: BackupDir,
@@ -497,7 +358,7 @@ def _plan_checkpoints(
         out.check_new_chain()
         first = checkpoint_name(0, f"vbbackup.{new_chain_id()}")
         return None, first, first
-    _require_chain(out, chain)
+    require_chain(out, chain)
     for d in disks:
         if d.bitmap_capable and not out.data_path(d.target, FULL, "").exists():
             raise ChainError(
@@ -554,47 +415,6 @@ def _prove_identity(out: BackupDir, cps: Checkpoints, parent: str) -> None:
         raise BrokenChainError(f"{mismatch}; an incremental from it would miss changes")
 
 
-def _require_whole_chain(out: BackupDir, chain: list[str]) -> None:
-    """A chain with a hole, or whose newest file is damaged, is never extended."""
-    try:
-        backup = BackupSet(out.path)
-        for disk in backup.disks:
-            if not out.data_path(disk, FULL, "").exists():
-                continue  # a --raw disk's copy: no chain
-            with PointInTimeView(backup.resolve(disk, chain[-1])):
-                pass  # every file indexed, layouts checked against their .sums
-    except (ChainError, StreamFormatError) as err:
-        raise ChainError(
-            f"cannot extend the chain in {out.path}: {err}; "
-            f"start a new chain with `vbbackup full {out.domain} -o NEW_DIR`"
-        ) from None
-
-
-def _require_chain(out: BackupDir, chain: list[str]) -> None:
-    if not chain:
-        raise ChainError(
-            f"no full backup in {out.path} ({out.cpt_path.name} is missing): "
-            f"run `vbbackup full {out.domain} -o {out.path}` first"
-        )
-
-
-def _check_sizes(out: BackupDir, disks: list[DomainDisk], infos: dict[str, dict[str, Any]]) -> None:
-    """A disk resized since the full cannot continue the chain (its streams would not fit)."""
-    for d in disks:
-        info = infos.get(d.target)
-        full = out.data_path(d.target, FULL, "")
-        if info is None or not d.bitmap_capable or not full.exists():
-            continue
-        with open(full, "rb") as f:
-            was = read_index(f, str(full)).meta.virtual_size
-        now = int(info.get("virtual-size", was))
-        if now != was:
-            raise ChainError(
-                f"disk {d.target} changed size since the full backup ({was} -> {now} bytes): "
-                "start a new chain with `vbbackup full` into a new directory"
-            )
-
-
 def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]) -> None:
     """Redefine checkpoints libvirt lost (host reinstall, domain moved) from saved XML."""
     present = set(cps.names())
@@ -612,135 +432,3 @@ def _ensure_chain_checkpoints(out: BackupDir, cps: Checkpoints, chain: list[str]
                 f"{out.domain!r} and cannot be redefined ({err}); a full backup elsewhere "
                 "may have started a new chain: run `vbbackup full` into a new directory"
             ) from None
-
-
-def _plan_disk(
-    disk: DomainDisk, level: str, out: BackupDir, ident: str, meta_cp: str, parent: str | None
-) -> _DiskPlan:
-    disk_level = level if disk.bitmap_capable else COPY
-    return _DiskPlan(
-        disk=disk,
-        level=disk_level,
-        path=out.data_path(disk.target, disk_level, ident),
-        incremental=disk_level in (INC, DIFF),
-        checkpoint=meta_cp,
-        parent=parent if disk_level in (INC, DIFF) else None,
-    )
-
-
-def _backup_disks(
-    job: BackupJob, plans: list[_DiskPlan], config: BackupConfig, reporter: Reporter
-) -> list[DiskResult]:
-    """All disks, ``config.workers`` at a time; the first failure stops the others."""
-    stop = threading.Event()
-    workers = max(1, config.workers or len(plans))
-    compress_threads = max(1, os.cpu_count() or 1) if config.compress is not None else 0
-    with ThreadPoolExecutor(workers, "disk") as disks, ExitStack() as stack:
-        pool = (
-            stack.enter_context(ThreadPoolExecutor(compress_threads, "lz4"))
-            if compress_threads
-            else None
-        )
-        futures: list[Future[DiskResult]] = [
-            disks.submit(
-                _backup_disk, job.socket, job.disks[p.disk.target], p, config, pool, stop, reporter
-            )  # fmt: skip
-            for p in plans
-        ]
-        try:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    fut.result()
-        except BaseException:
-            stop.set()
-            raise
-    return [f.result() for f in futures]
-
-
-def _backup_disk(
-    socket: Path,
-    jd: JobDisk,
-    plan: _DiskPlan,
-    config: BackupConfig,
-    pool: ThreadPoolExecutor | None,
-    stop: threading.Event,
-    reporter: Reporter,
-) -> DiskResult:
-    started = time.monotonic()
-    target = plan.disk.target
-    tcp = nbd_tcp(config.uri, config.ops)
-    with NbdReader(
-        socket=None if tcp else socket,
-        tcp=tcp,
-        tls_dir=tls_dir(config.ops),
-        export=jd.export,
-        bitmap=jd.bitmap if plan.incremental else None,
-        request_size=config.request_size,
-        in_flight=config.in_flight,
-    ) as reader:
-        allocation, dirty = reader.extents()
-        extents = _extents_to_write(plan, allocation, dirty, config.sparse_detection)
-        meta = StreamMeta(
-            virtual_size=reader.size,
-            data_size=data_size(extents),
-            date=datetime.now().isoformat(),
-            disk_name=target,
-            disk_format=plan.disk.format or "raw",
-            checkpoint_name=plan.checkpoint,
-            parent_checkpoint=plan.parent,
-            incremental=plan.incremental,
-            compressed=config.compress if config.compress is not None else False,
-        )
-        reporter.disk_started(target, meta.data_size)
-        log.info("%s: %d extents, %d data bytes -> %s", target, len(extents), meta.data_size,
-                 plan.path.name)  # fmt: skip
-        done = 0
-
-        def progress(n: int) -> None:
-            nonlocal done
-            done += n
-            reporter.disk_progress(target, done)
-
-        try:
-            with atomic_output(plan.path) as f, WritebackFile(f) as out:
-                writer = StreamWriter(out, meta)  # type: ignore[arg-type]
-                copy_extents(
-                    reader,
-                    extents,
-                    writer,
-                    pool=pool,
-                    level=config.compress or 0,
-                    stop=stop,
-                    progress=progress,
-                    out=out,
-                )
-                writer.finish()
-            write_stream_checks(plan.path, writer)
-        except OSError as err:
-            raise VbError(f"cannot write {plan.path}: {err.strerror or err}") from None
-    result = DiskResult(
-        target=target,
-        level=plan.level,
-        path=str(plan.path),
-        data_bytes=meta.data_size,
-        zero_bytes=sum(e.length for e in extents if e.zero),
-        file_bytes=plan.path.stat().st_size,
-        seconds=time.monotonic() - started,
-    )
-    log.info("%s: %d data bytes, file %d bytes, %.1f s", target, result.data_bytes,
-             result.file_bytes, result.seconds)  # fmt: skip
-    reporter.disk_done(result)
-    return result
-
-
-def _extents_to_write(
-    plan: _DiskPlan, allocation: list[Extent], dirty: list[tuple[int, int]], sparse: bool
-) -> list[Extent]:
-    """Full/copy: the whole allocation map. Inc/diff: dirty ranges, zero where they now are."""
-    if not plan.incremental:
-        return allocation
-    if sparse:
-        return changed_extents(dirty, allocation)
-    return [Extent(start, length, False) for start, length in dirty]

@@ -8,6 +8,8 @@ releases the GIL), this thread, which builds the frames strictly in disk order
     NBD  [r5][r6][r7][r8]  ->  lz4 pool (c3)(c4)  ->  frames  ->  file  ...|d1|d2|
 
 Read buffers come from a BufferPool and go back once compressed or written.
+The source is anything with ``Source``'s three members (``NbdReader`` over
+QEMU's export; tests use nbdkit's data plugin), the sink a ``StreamWriter``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import Protocol
 
 from vbbackup.engine.writeback import DEPTH, WritebackFile
 from vbbackup.errors import BackupInterrupted
 from vbbackup.format import StreamWriter
 from vbbackup.format.compression import compress_and_digest
 from vbbackup.format.heap import keep_freed_buffers
-from vbbackup.nbdio import BufferPool, Extent, NbdReader, pieces
+from vbbackup.nbdio import BufferPool, Extent, pieces
 
 Progress = Callable[[int], None]
 # Pieces read ahead by the NBD thread while this one writes: libnbd only moves
@@ -42,8 +45,19 @@ class _Chunk:
     frame: Future[tuple[list[bytes], bytes]] | None = None  # lz4 frames, their digests
 
 
+class Source(Protocol):
+    """Where a disk's bytes come from: pieces read with requests in flight."""
+
+    request_size: int
+    in_flight: int
+
+    def read_pieces(
+        self, pieces: Iterable[tuple[int, int]], buffers: BufferPool
+    ) -> Iterator[tuple[int, memoryview]]: ...
+
+
 def copy_extents(
-    reader: NbdReader,
+    reader: Source,
     extents: list[Extent],
     writer: StreamWriter,
     *,
