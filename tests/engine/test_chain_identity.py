@@ -157,3 +157,19 @@ def test_a_chain_with_a_hole_is_never_extended(make_vm, tmp_path: Path) -> None:
     newest.write_bytes(bytes(data[:60]) + bytes([data[60] ^ 0x20]) + bytes(data[61:]))
     _ok("inc", vm.name, "-o", str(out))  # mended: the chain goes on
     assert _reads_as(out, cp(out, 3), vm.expected("vda"))
+
+
+def test_prune_deletes_the_removed_chains_checkpoints(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Old chains' bitmaps cost every guest write: prune -c drops them with the directory."""
+    vm = _vm(make_vm)
+    root = tmp_path / "vm"
+    for month in ("2026-10", "2026-11", "2026-12"):
+        vm.write_pattern("vda", 0, MiB, 0x30)
+        _ok("auto", vm.name, "-o", str(root / month))
+    kept = chain_names(root / "2026-12")
+    dropped = chain_names(root / "2026-10") + chain_names(root / "2026-11")
+    code, text = run("prune", str(root), "--keep-chains", "1", "-c", "qemu:///system")
+    assert code == 0, text
+    assert f"deleted the checkpoints of 2026-10 from {vm.name}: {dropped[0]}" in text
+    assert sorted(c.getName() for c in vm.dom.listAllCheckpoints()) == kept
+    assert sorted(p.name for p in root.iterdir()) == ["2026-12"]

@@ -20,9 +20,18 @@ from vbbackup.engine.prune import PruneConfig, prune
     help="How many of the newest chain directories to keep (at least 1).",
 )
 @click.option("--dry-run", is_flag=True, help="Only print what would be removed.")
-def prune_command(root: Path, keep_chains: int, dry_run: bool) -> None:
+@click.option(
+    "-c",
+    "--connect",
+    "uri",
+    metavar="URI",
+    help="Also delete the removed chains' checkpoints (and bitmaps) of their domain on this "
+    "libvirt host, e.g. qemu:///system.",
+)
+def prune_command(root: Path, keep_chains: int, dry_run: bool, uri: str | None) -> None:
     """Remove whole old chain directories below ROOT, oldest full backup first."""
-    prune(PruneConfig(root=root, keep_chains=keep_chains, dry_run=dry_run), click.echo)
+    config = PruneConfig(root=root, keep_chains=keep_chains, dry_run=dry_run, uri=uri)
+    prune(config, click.echo)
 
 
 @click.command("consolidate")

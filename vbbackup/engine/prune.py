@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from vbbackup.chain.backupset import read_meta
+import libvirt
+
+from vbbackup.chain.backupset import read_checkpoint_list, read_meta
 from vbbackup.engine.info import human_size
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, UsageError
+from vbbackup.virt.checkpoints import Checkpoints, identity_mismatch
+from vbbackup.virt.connection import libvirt_connection
 
 PRUNING_SUFFIX = ".pruning"
 
@@ -35,6 +39,7 @@ class PruneConfig:
     root: Path
     keep_chains: int
     dry_run: bool = False
+    uri: str | None = None  # delete the removed chains' checkpoints on this libvirt host
 
 
 @dataclass(frozen=True)
@@ -116,12 +121,45 @@ def prune(config: PruneConfig, report: Callable[[str], None] = print) -> PruneRe
         report(f"{verb} {chain.path} ({_summary(chain)})")
         if not config.dry_run:
             with directory_lock(chain.path, "pruning it"):  # never under a running backup
+                if config.uri is not None:
+                    _drop_checkpoints(chain.path, config.uri, report)
                 _remove(chain.path)
     for chain in kept:
         report(f"keeping {chain.path} ({_summary(chain)})")
     if not chains:
         report(f"no chain directories in {root}")
     return PruneResult(tuple(kept), tuple(old), leftovers)
+
+
+def _drop_checkpoints(directory: Path, uri: str, report: Callable[[str], None]) -> None:
+    """The libvirt checkpoints of a chain being removed: they only cost guest writes now.
+
+    Only those libvirt holds with the identity the set recorded (another chain
+    may have reused a name) are deleted, with their bitmaps.
+    """
+    cpts = sorted(directory.glob("*.cpt"))
+    if not cpts:
+        return
+    cpt = cpts[0]
+    domain = cpt.name[: -len(".cpt")]
+    names = read_checkpoint_list(cpt)
+    with libvirt_connection(uri) as conn:
+        try:
+            dom = conn.lookupByName(domain)
+        except libvirt.libvirtError:
+            report(f"{directory}: domain {domain!r} is not on {uri}: no checkpoints to delete")
+            return
+        cps = Checkpoints(dom)
+        present = set(cps.names())
+        mine = []
+        for name in names:
+            saved = directory / "checkpoints" / f"{name}.xml"
+            same = name in present and saved.is_file()
+            if same and identity_mismatch(name, saved.read_text(), cps.dump(name)) is None:
+                mine.append(name)
+        if mine:
+            cps.delete(mine)
+            report(f"deleted the checkpoints of {directory.name} from {domain}: {', '.join(mine)}")
 
 
 def _summary(chain: ChainDir) -> str:
