@@ -164,8 +164,8 @@ def test_parents_that_do_not_link(chain_dir: Path) -> None:
     )
     with pytest.raises(
         ChainError,
-        match=r"chain does not link: .*inc.virtnbdbackup.2.data has parent 'virtnbdbackup.0', "
-        r"expected 'virtnbdbackup.1'",
+        match=r"chain does not link: .*inc.virtnbdbackup.2.data: broken parent link: parent is "
+        r"'virtnbdbackup.0', expected 'virtnbdbackup.1'",
     ):
         open_view(chain_dir)
 

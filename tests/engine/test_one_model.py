@@ -11,6 +11,7 @@ it calls unsound is refused by the reader for at least one point of the chain.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -71,23 +72,23 @@ def _damage(directory: Path, damage: str, n: int) -> None:
         (directory / "vm.cpt").write_text(json.dumps(names))
 
 
-def _reader_verdict(directory: Path, n: int) -> tuple[bool, list[bytes | None]]:
-    """(every point of the chain opens, the bytes of each point or None)."""
+def _reader_verdict(directory: Path, n: int) -> tuple[bool, list[bytes | None], list[str]]:
+    """(every point of the chain opens, the bytes of each point or None, the reader's errors)."""
     try:
         backup = BackupSet(directory)
         points = [p.name for p in backup.points("vda")]
-    except (ChainError, StreamFormatError):
-        return False, []
+    except (ChainError, StreamFormatError) as err:
+        return False, [], [str(err)]
     got: list[bytes | None] = []
-    ok = True
+    errors = []
     for k in range(n):
         try:
             with open_view(directory, "vda", cp_name(k)) as view:
                 got.append(view.read(0, view.size))
-        except (ChainError, StreamFormatError):
-            ok = False
+        except (ChainError, StreamFormatError) as err:
+            errors.append(str(err))
             got.append(None)
-    return ok and all(cp_name(k) in points for k in range(n)), got
+    return not errors and all(cp_name(k) in points for k in range(n)), got, errors
 
 
 ALL = ("none", "drop-inc", "drop-full", "rename-inc", "extra-inc", "full-with-parent",
@@ -115,7 +116,7 @@ def test_verify_and_the_reader_agree(n: int, seed: int, damage: str) -> None:
             problems = [str(p) for p in report.problems]
         except ChainError as err:  # no set at all
             sound, problems = False, [str(err)]
-        opens, got = _reader_verdict(directory, n)
+        opens, got, errors = _reader_verdict(directory, n)
         if sound:
             assert opens, (damage, "verify calls it sound, the reader refuses it")
             model = Model(SIZE)
@@ -124,3 +125,11 @@ def test_verify_and_the_reader_agree(n: int, seed: int, damage: str) -> None:
                 assert got[k] == bytes(model.data), (damage, k)
         else:
             assert not opens, (damage, "verify finds problems the reader ignores", problems)
+            # the same reason: a broken link is the same rule's words, a missing file its name
+            for error in errors:
+                link = re.match(r"chain does not link: (\S+): (.*)$", error)
+                if link:
+                    assert f"{link[1]}: {link[2]}" in problems, (damage, error, problems)
+                missing = re.match(r"missing file in the chain: (\S+) ", error)
+                if missing:
+                    assert any(p.startswith(missing[1]) for p in problems), (damage, error)

@@ -176,6 +176,29 @@ def read_pending(directory: Path) -> PendingRun | None:
         raise ChainError(f"{directory / PENDING_NAME}: unreadable commit record: {err}") from None
 
 
+def disk_problem(meta: StreamMeta, disk: str) -> str | None:
+    """A stream under disk ``disk``'s name whose meta names another disk."""
+    if meta.disk_name and meta.disk_name != disk:
+        return f"meta names disk {meta.disk_name!r}, file name {disk!r}"
+    return None
+
+
+def link_problems(meta: StreamMeta, disk: str, checkpoint: str, parent: str | None) -> list[str]:
+    """The chain rules for one member: what is wrong with a stream as ``checkpoint`` of
+    ``disk``'s chain after ``parent`` (None: the full). The one home of these rules: the
+    reader refuses on the first, ``verify`` and ``info`` report them all."""
+    problems = [p for p in (disk_problem(meta, disk),) if p]
+    if meta.checkpoint_name != checkpoint:
+        problems.append(f"is checkpoint {meta.checkpoint_name!r}, the chain expects {checkpoint!r}")
+    if parent is None and meta.parent_checkpoint:
+        problems.append(f"a full backup whose meta names a parent ({meta.parent_checkpoint!r})")
+    elif parent is not None and meta.parent_checkpoint != parent:
+        problems.append(
+            f"broken parent link: parent is {meta.parent_checkpoint!r}, expected {parent!r}"
+        )
+    return problems
+
+
 def no_data_files(directory: Path) -> str:
     """The message for a directory without data files, naming a backup that did not finish."""
     partials = sorted(p.name for p in directory.glob(f"*.data{PARTIAL_SUFFIX}"))
@@ -423,17 +446,9 @@ class BackupSet:
     def _check_link(
         self, data: DataFile, meta: StreamMeta, cp: str, parent: StreamMeta | None
     ) -> None:
-        if meta.checkpoint_name != cp:
-            raise ChainError(
-                f"chain does not link: {data.path} is checkpoint {meta.checkpoint_name!r}, "
-                f"the chain expects {cp!r}"
-            )
-        want = parent.checkpoint_name if parent else None
-        if meta.parent_checkpoint != want:
-            raise ChainError(
-                f"chain does not link: {data.path} has parent {meta.parent_checkpoint!r}, "
-                f"expected {want!r}"
-            )
+        problems = link_problems(meta, data.disk, cp, parent.checkpoint_name if parent else None)
+        if problems:
+            raise ChainError(f"chain does not link: {data.path}: {problems[0]}")
 
     def _explicit(self, names: Sequence[str | os.PathLike[str]]) -> PointInTime:
         if not names:

@@ -16,7 +16,9 @@ from lxml import etree
 
 from vbbackup.chain import COPY, DIFF, FULL, INC, DataFile, read_meta
 from vbbackup.chain.backupset import (
+    disk_problem,
     follow_parents,
+    link_problems,
     no_data_files,
     parse_data_name,
     read_checkpoint_list,
@@ -175,11 +177,11 @@ def _check_disk(disk: str, result: Survey) -> None:
     """Every link of one disk's chain: full -> inc 1 -> ... -> inc N, diffs on a member."""
     entries = result.disks[disk]
     problems = result.problems
-    for entry in entries:
-        if entry.meta is not None and entry.meta.disk_name and entry.meta.disk_name != disk:
-            problems.append(
-                Problem(entry.path, f"meta names disk {entry.meta.disk_name!r}, file name {disk!r}")
-            )
+    for entry in entries:  # chain members get this rule with the others below
+        if entry.meta is not None and entry.data.level in (DIFF, COPY):
+            wrong = disk_problem(entry.meta, disk)
+            if wrong:
+                problems.append(Problem(entry.path, wrong))
     fulls = [e for e in entries if e.data.level == FULL]
     incs = {e.data.ident: e for e in entries if e.data.level == INC}
     if not fulls and not incs and any(e.data.level == COPY for e in entries):
@@ -191,14 +193,6 @@ def _check_disk(disk: str, result: Survey) -> None:
                 Problem(result.directory / f"{disk}.full.data", "missing full backup of the disk")
             )
         return
-    full_meta = fulls[0].meta if fulls else None
-    if full_meta is not None and full_meta.parent_checkpoint:
-        problems.append(
-            Problem(
-                fulls[0].path,
-                f"a full backup whose meta names a parent ({full_meta.parent_checkpoint!r})",
-            )
-        )
     parent: str | None = None
     for k, name in enumerate(names):
         member = (fulls[0] if fulls else None) if k == 0 else incs.pop(name, None)
@@ -207,22 +201,8 @@ def _check_disk(disk: str, result: Survey) -> None:
             what = "full backup" if k == 0 else "incremental"
             problems.append(Problem(expected, f"missing {what} (checkpoint {name})"))
         elif member.meta is not None:
-            meta = member.meta
-            if meta.checkpoint_name != name:
-                problems.append(
-                    Problem(
-                        member.path,
-                        f"is checkpoint {meta.checkpoint_name!r}, the chain expects {name!r}",
-                    )
-                )
-            if k > 0 and meta.parent_checkpoint != parent:
-                problems.append(
-                    Problem(
-                        member.path,
-                        f"broken parent link: parent is {meta.parent_checkpoint!r}, "
-                        f"expected {parent!r}",
-                    )
-                )
+            for message in link_problems(member.meta, disk, name, parent if k else None):
+                problems.append(Problem(member.path, message))
         parent = name
     merged = set((result.checkpoints or ())[: _index_of(result.checkpoints, names[0]) + 1])
     for ident, entry in incs.items():
