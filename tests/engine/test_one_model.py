@@ -1,8 +1,8 @@
 """verify and the readers judge a set alike (issue: one chain model).
 
 Hypothesis writes a chain (full + incrementals), damages it the ways sets get
-damaged (a file missing, renamed or extra, a meta that names the wrong
-checkpoint, parent or disk, the checkpoint list reordered; a disk resized
+damaged (a file missing, renamed, extra or cut short, a meta that is garbage or
+names the wrong checkpoint, parent or disk, the checkpoint list reordered; a disk resized
 within a chain is legal, see test_backupset), and checks: what ``verify``
 calls sound opens at every point and reads exactly what the model says; what
 it calls unsound is refused by the reader for at least one point of the chain.
@@ -27,7 +27,8 @@ SIZE = 64 * 1024
 DAMAGES = st.sampled_from(
     [
         "none", "drop-inc", "drop-full", "rename-inc", "extra-inc", "full-with-parent",
-        "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt",
+        "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt", "truncate-inc",
+        "bad-meta",
     ]
 )  # fmt: skip
 
@@ -66,6 +67,12 @@ def _damage(directory: Path, damage: str, n: int) -> None:
         write_stream(meta_disk, SIZE, [(0, b"z" * 512)], checkpoint=cp_name(n - 1),
                      parent=cp_name(n - 2))  # fmt: skip
         meta_disk.rename(inc)  # a stream of disk vdb under vda's name
+    elif damage == "truncate-inc" and n > 1:  # a file of the wrong size
+        inc.write_bytes(inc.read_bytes()[:-30])
+    elif damage == "bad-meta" and n > 1:  # the meta JSON is no longer JSON
+        data = bytearray(inc.read_bytes())
+        data[40:46] = b"\x00garb"
+        inc.write_bytes(bytes(data))
     elif damage == "reorder-cpt" and n > 2:
         names = [cp_name(k) for k in range(n)]
         names[1], names[2] = names[2], names[1]
@@ -92,7 +99,8 @@ def _reader_verdict(directory: Path, n: int) -> tuple[bool, list[bytes | None], 
 
 
 ALL = ("none", "drop-inc", "drop-full", "rename-inc", "extra-inc", "full-with-parent",
-       "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt")  # fmt: skip
+       "wrong-checkpoint", "wrong-parent", "wrong-disk", "reorder-cpt", "truncate-inc",
+       "bad-meta")  # fmt: skip
 
 
 def _with_every_damage(test):  # type: ignore[no-untyped-def]
