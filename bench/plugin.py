@@ -212,6 +212,10 @@ def make_big_chain(directory: Path, n_incs: int = 30, total: int = 1_000_000) ->
             w.write_data(i * 8192, sector)
             w.write_zero(i * 8192 + 512, 8192 - 512)
         w.finish()
+    if SUMS:
+        write_sums(
+            stream_path(directory, 0), w.sums(stream_path(directory, 0).name), overwrite=True
+        )
     per_inc = (total - full_frames) // n_incs
     rng = random.Random(2)
     for k in range(1, n_incs + 1):
@@ -224,6 +228,9 @@ def make_big_chain(directory: Path, n_incs: int = 30, total: int = 1_000_000) ->
                 else:
                     w.write_data(blk * 4096, sector)
             w.finish()
+        if SUMS:
+            write_sums(stream_path(directory, k), w.sums(stream_path(directory, k).name),
+                       overwrite=True)  # fmt: skip
     write_cpt(directory, n_incs + 1)
     return size
 
