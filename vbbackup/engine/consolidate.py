@@ -113,6 +113,7 @@ def consolidate(config: ConsolidateConfig, report: Callable[[str], None] = print
 
 def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> None:
     plans = plan(config)
+    first = next(iter(BackupSet(config.directory).checkpoints or ()), None)
     for item in plans:
         if not item.merged:
             report(f"{item.disk}: already a full at {item.point.name}, nothing to merge")
@@ -131,7 +132,7 @@ def _consolidate(config: ConsolidateConfig, report: Callable[[str], None]) -> No
             _remove_durably(fsutil.sums_path(data.path))
             _remove_durably(data.path)
             report(f"{item.disk}: removed {data.name}")
-        if _synthetic(item) and _write_missing_checks(item.full.path):
+        if _synthetic(item, first) and _write_missing_checks(item.full.path):
             # a run killed between the swap and the full's checks: this one finishes it
             report(f"{item.disk}: wrote the missing {item.full.name}.chksum and .sums")
         if item.merged:
@@ -171,10 +172,9 @@ def _write_placeholder(item: DiskPlan, data: DataFile) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def _synthetic(item: DiskPlan) -> bool:
-    """The full is one a consolidate wrote (it holds a later checkpoint than the chain's first)."""
-    names = BackupSet(item.full.path.parent).checkpoints or ()
-    return bool(names) and item.point.metas[0].checkpoint_name != names[0]
+def _synthetic(item: DiskPlan, first: str | None) -> bool:
+    """The full is one a consolidate wrote: it holds a later checkpoint than the chain's first."""
+    return first is not None and item.point.metas[0].checkpoint_name != first
 
 
 def _write_missing_checks(path: Path) -> bool:

@@ -253,7 +253,7 @@ class SumsChecker:
         ``disk_offset``/``file_pos``: where ``data`` starts (for a compressed unit,
         the lz4 frame's position), for the message. Raises at the first damaged piece.
         """
-        for err in self._bad(frame, unit, piece, data, disk_offset, file_pos, compressed):
+        for err in self.damaged(frame, unit, piece, data, disk_offset, file_pos, compressed):
             raise err
 
     def damaged(
@@ -265,20 +265,8 @@ class SumsChecker:
         disk_offset: int,
         file_pos: int,
         compressed: bool = False,
-    ) -> list[DataChecksumError]:
-        """Like ``check``, but every damaged piece, not just the first (``verify``)."""
-        return list(self._bad(frame, unit, piece, data, disk_offset, file_pos, compressed))
-
-    def _bad(
-        self,
-        frame: int,
-        unit: int,
-        piece: int,
-        data: bytes | bytearray | memoryview,
-        disk_offset: int,
-        file_pos: int,
-        compressed: bool,
     ) -> Iterator[DataChecksumError]:
+        """Like ``check``, but every damaged piece, not just the first (``verify``)."""
         mv = memoryview(data).cast("B")
         p = self.piece_size
         n = self.first_piece(frame, unit) + piece
