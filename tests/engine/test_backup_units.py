@@ -105,6 +105,16 @@ def test_backup_dir_names_and_rules(tmp_path: Path) -> None:
         out.checkpoints()
 
 
+def test_a_second_diff_within_one_second_gets_the_next_stamp(tmp_path: Path) -> None:
+    out = BackupDir(tmp_path, "vm1")
+    assert out.diff_ident(1000) == "1000"
+    (tmp_path / "vdb.diff.1000.data.partial").write_bytes(b"")  # a dead run's, any disk
+    (tmp_path / "vmconfig.1001.xml").write_text("<domain/>")  # a run that wrote no stream yet
+    (tmp_path / "vda.diff.1002.data").write_bytes(b"")
+    assert out.diff_ident(1000) == "1003"
+    assert out.diff_ident(999) == "999"
+
+
 def test_checkpoint_names_and_job_xml() -> None:
     assert checkpoint_index("virtnbdbackup.12") == 12
     assert checkpoint_index("virtnbdbackup.x") is None and checkpoint_index("other.1") is None

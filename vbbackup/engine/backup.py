@@ -155,7 +155,10 @@ class _Run:
                 self.level, self.out, self.cps, self.chain, self.chosen, self.reporter
             )
             self._check_chain(parent, new_cp)
-            ident = {FULL: new_cp, INC: new_cp, DIFF: str(int(time.time())), COPY: COPY}[self.level]
+            if self.level == DIFF:
+                ident: str | None = self.out.diff_ident(int(time.time()))
+            else:
+                ident = {FULL: new_cp, INC: new_cp, COPY: COPY}[self.level]
             plans = [plan_disk(d, self.level, self.out, ident or "", meta_cp, parent)
                      for d in self.chosen]  # fmt: skip
             self._clear_leftovers(plans)

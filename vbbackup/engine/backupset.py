@@ -89,6 +89,16 @@ class BackupDir:
             return self.path / f"{disk}.diff.{ident}.data"
         return self.path / f"{disk}.{level}.data"
 
+    def diff_ident(self, now: int) -> str:
+        """The diff's time stamp: ``now``, or a later second when a diff of ``now`` exists
+        (two diffs within one second must not collide; a leftover of a dead run neither)."""
+        while (
+            any(self.path.glob(f"*.diff.{now}.data*"))
+            or (self.path / f"vmconfig.{now}.xml").exists()
+        ):
+            now += 1
+        return str(now)
+
     def data_files(self) -> list[Path]:
         """Complete stream files (``*.data``; partials end in ``.partial``)."""
         return sorted(self.path.glob("*.data"))
