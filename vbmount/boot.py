@@ -40,6 +40,7 @@ class BootConfig:
     name: str | None = None
     uri: str = "qemu:///system"
     start: bool = True
+    isolated: bool = False  # verify --boot: no network, the console logged in the workdir
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class Booted:
     name: str
     started: bool
     overlays: dict[str, Path] = field(default_factory=dict)
+    workdir: Path | None = None
+    console: Path | None = None  # the serial console's log (isolated boots)
+    point: str = ""  # the point in time booted (the first disk's)
 
 
 def vmconfig_path(backup: BackupSet, until: str | None) -> Path:
@@ -58,9 +62,23 @@ def vmconfig_path(backup: BackupSet, until: str | None) -> Path:
     return path
 
 
-def restore_xml(xml: str, name: str, overlays: dict[str, Path], sockets: dict[str, Path]) -> str:
-    """The saved domain XML, made safe to run next to the original (see ``domainxml``)."""
-    return domainxml.boot_xml(domainxml.parse_text(xml, "vmconfig"), name, overlays, sockets)
+def restore_xml(
+    xml: str,
+    name: str,
+    overlays: dict[str, Path],
+    sockets: dict[str, Path],
+    workdir: Path,
+    console: Path | None = None,
+) -> str:
+    """The saved domain XML, made safe to run next to the original (see ``domainxml``);
+    with ``console``, isolated for ``verify --boot`` (no network, serial logged there)."""
+    root = domainxml.boot_xml(
+        domainxml.parse_text(xml, "vmconfig"), name, overlays, sockets, workdir
+    )
+    if console is not None:
+        domainxml.isolate(root)
+        domainxml.serial_log(root, console)
+    return domainxml.tostring(root)
 
 
 def _qemu_owner() -> tuple[int, int] | None:
@@ -89,7 +107,8 @@ def boot(config: BootConfig) -> Booted:
             workdir.chmod(0o755)
             res.uri = config.uri
             overlays, sockets = _serve_disks(backup, config.until, workdir, res)
-            xml = restore_xml(xml_path.read_text(), name, overlays, sockets)
+            console = workdir / "console.log" if config.isolated else None
+            xml = restore_xml(xml_path.read_text(), name, overlays, sockets, workdir, console)
             try:
                 dom = conn.defineXML(xml)
                 res.domain = name
@@ -104,7 +123,8 @@ def boot(config: BootConfig) -> Booted:
         except BaseException:
             _release_boot(res)
             raise
-    return Booted(name, config.start, overlays)
+    point = backup.resolve(backup.disks[0], config.until).name
+    return Booted(name, config.start, overlays, workdir, console, point)
 
 
 def _serve_disks(

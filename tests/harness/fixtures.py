@@ -100,3 +100,16 @@ def own_vm(disks: Iterable[DiskSpec], *needs: str) -> Iterator[TestVM]:
             yield vm
     finally:
         conn.close()
+
+
+@pytest.fixture(scope="session")
+def real_guest(libvirt_conn: Any) -> Iterator[Any]:
+    """One running real Debian guest for the whole session (tests.harness.guest.Guest):
+    booting one costs about 40 s under TCG, so tests share it and leave it running and
+    unfrozen; backups of it go into each test's own directory (a chain of its own)."""
+    require("guest_build")
+    from tests.harness.guest import Guest, guest_image
+
+    guest = Guest(libvirt_conn, guest_image())
+    yield guest
+    guest.close()

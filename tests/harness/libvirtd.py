@@ -78,6 +78,8 @@ class Capabilities:
     virtnbdbackup: bool
     mkfs_xfs: bool
     dev_nbd: bool
+    guest_build: bool  # debootstrap + extlinux: tests/harness/build_guest.sh
+    guestfs: bool  # python3-guestfs (libguestfs)
 
     def missing(self, *names: str) -> list[str]:
         return [name for name in names if not getattr(self, name)]
@@ -121,4 +123,8 @@ def capabilities() -> Capabilities:
         virtnbdbackup=shutil.which("virtnbdbackup") is not None,
         mkfs_xfs=shutil.which("mkfs.xfs") is not None,
         dev_nbd=bool(glob.glob("/dev/nbd[0-9]*")),
+        guest_build=shutil.which("debootstrap") is not None
+        and shutil.which("extlinux") is not None
+        and os.path.exists("/usr/lib/syslinux/mbr/mbr.bin"),
+        guestfs=_importable("guestfs"),
     )

@@ -13,7 +13,8 @@ from vbbackup.engine.info import InfoConfig, human_size, info, render
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
 from vbbackup.engine.verify import add_sums as add_sums_to
-from vbbackup.errors import ChainError, VerifyError
+from vbbackup.errors import ChainError, UsageError, VerifyError
+from vbmount.bootcheck import BootCheckConfig, boot_check
 
 
 def _restore_progress(bars: ProgressBars, plans: tuple[DiskPlan, ...]) -> Callable[..., None]:
@@ -141,10 +142,56 @@ def info_command(directory: Path, as_json: bool) -> None:
     "restore, vbmount and consolidate check as they read).",
 )
 @click.option("--no-progress", is_flag=True, help="No progress display.")
-def verify_command(directory: Path, until: str | None, add_sums: bool, no_progress: bool) -> None:
-    """Check every data file of DIR (checksums, structure, lz4) and the chain links."""
+@click.option("--boot", is_flag=True,
+              help="Boot the point (--until, default newest; --all: every point) isolated, "
+              "without network; pass when the guest answers. The set is not written.")  # fmt: skip
+@click.option("--all", "all_points", is_flag=True, help="With --boot: every point of the chain.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="With --boot: seconds a point may take to give its heartbeat.")  # fmt: skip
+@click.option("--expect-agent", is_flag=True,
+              help="With --boot: the heartbeat is the guest agent answering (the default when "
+              "the saved configuration has an agent channel).")  # fmt: skip
+@click.option(
+    "--expect-console",
+    metavar="REGEX",
+    help="With --boot: the heartbeat is REGEX printed on the serial console.",
+)
+@click.option("--check", "check_cmd", metavar="CMD",
+              help="With --boot: run CMD in the guest (sh -c, through the agent); it must exit "
+              "0, e.g. 'systemctl is-system-running --wait'.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="With --boot: print the report as JSON.")
+@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
+              help="With --boot: libvirt connection URI.")  # fmt: skip
+def verify_command(
+    directory: Path,
+    until: str | None,
+    add_sums: bool,
+    no_progress: bool,
+    boot: bool,
+    all_points: bool,
+    timeout: float,
+    expect_agent: bool,
+    expect_console: str | None,
+    check_cmd: str | None,
+    as_json: bool,
+    uri: str,
+) -> None:
+    """Check every data file of DIR (checksums, structure, lz4) and the chain links.
+
+    With --boot, boot points of DIR instead and report whether each comes up."""
+    boot_only = (all_points, expect_agent, expect_console, check_cmd, as_json)
+    if not boot and any(boot_only):
+        raise UsageError("--all, --expect-*, --check and --json go with --boot")
     if add_sums:
         _add_sums(directory)
+        return
+    if boot:
+        _boot_check(
+            BootCheckConfig(
+                directory, until, all_points, timeout, expect_agent, expect_console, check_cmd, uri
+            ),
+            as_json,
+        )
         return
     config = VerifyConfig(directory, until)
     bars = ProgressBars(not no_progress)
@@ -170,6 +217,34 @@ def verify_command(directory: Path, until: str | None, add_sums: bool, no_progre
         )
     else:
         click.echo(f"{directory}: {len(report.files)} file(s) sound")
+
+
+def _boot_check(config: BootCheckConfig, as_json: bool) -> None:
+    results = boot_check(config, lambda line: click.echo(line, err=True))
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        report = {
+            "directory": str(config.directory),
+            "passed": not failed,
+            "points": [r.to_dict() for r in results],
+        }
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for r in results:
+            took = f" after {r.seconds:.0f} s" if r.seconds is not None else ""
+            state = "ok  " if r.passed else "FAIL"
+            click.echo(
+                f"{state} {r.point}: {r.heartbeat}{took}{'' if r.passed else ': ' + r.reason}"
+            )
+            if r.check is not None:
+                click.echo(f"     check {r.check['command']!r}: exit {r.check['exitcode']}")
+            for line in r.console_tail:
+                click.echo(f"     | {line}")
+    if failed:
+        raise VerifyError(
+            f"{len(failed)} of {len(results)} point(s) of {config.directory} did not boot: "
+            + ", ".join(r.point for r in failed)
+        )
 
 
 def _add_sums(directory: Path) -> None:

@@ -301,7 +301,7 @@ def _adjusted_xml(config: RestoreConfig, the_plan: Plan) -> bytes:
     images = {d.disk: (d.image.resolve(), d.fmt) for d in the_plan.disks}
     boot = {element: target.resolve() for element, (_, target) in the_plan.boot.items()}
     name = config.name or f"restore_{the_plan.domain}"
-    return domainxml.adjust(tree, name, images, boot)
+    return domainxml.adjust(tree, name, images, boot, config.output.resolve())
 
 
 def _define(uri: str, xml: bytes) -> str:

@@ -1,4 +1,5 @@
-"""Guest-agent filesystem freeze around the moment a checkpoint is taken.
+"""The guest agent: filesystem freeze around the moment a checkpoint is taken, and
+commands in the guest (``verify --boot --check``).
 
     with GuestFreeze(dom, mountpoints, warn):   # fsFreeze (or one warning)
         dom.backupBegin(...)                    # the checkpoint is consistent
@@ -11,10 +12,16 @@ crash-consistent, and the user is told so in one line.
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import libvirt
+import libvirt_qemu
 
 from vbbackup.errors import LibvirtError
 
@@ -97,3 +104,57 @@ def consistency_line(record: dict[str, object]) -> str:
         thawed = "thawed afterwards" if record.get("thawed") else "NOT thawed"
         return f"application-consistent: guest file systems frozen ({where}), {thawed}"
     return f"crash-consistent: {record.get('reason') or 'not frozen'}"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What ``guest-exec`` reports of a finished command."""
+
+    exitcode: int | None  # None: killed by a signal
+    stdout: bytes
+    stderr: bytes
+    signal: int | None = None
+
+
+def agent_command(dom: libvirt.virDomain, command: str, timeout: int = 10, **arguments: Any) -> Any:
+    """One QEMU guest-agent command; its ``return`` value, or LibvirtError naming it."""
+    request = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+    try:
+        reply = libvirt_qemu.qemuAgentCommand(dom, request, timeout, 0)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(
+            f"guest agent of {dom.name()}: {command}: {err.get_error_message()}"
+        ) from None
+    return json.loads(reply).get("return")
+
+
+def agent_answers(dom: libvirt.virDomain, timeout: int = 2) -> bool:
+    """Whether the guest agent replies to ``guest-ping`` now."""
+    try:
+        agent_command(dom, "guest-ping", timeout)
+    except LibvirtError:
+        return False
+    return True
+
+
+def guest_exec(
+    dom: libvirt.virDomain, argv: Sequence[str], timeout: float = 60.0, stdin: bytes | None = None
+) -> ExecResult:
+    """Run ``argv`` in the guest through its agent and wait for it (``guest-exec``)."""
+    args: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
+    if stdin is not None:
+        args["input-data"] = base64.b64encode(stdin).decode()
+    pid = agent_command(dom, "guest-exec", **args)["pid"]
+    deadline = time.monotonic() + timeout
+    while True:
+        status = agent_command(dom, "guest-exec-status", pid=pid)
+        if status.get("exited"):
+            return ExecResult(
+                exitcode=status.get("exitcode"),
+                stdout=base64.b64decode(status.get("out-data", "")),
+                stderr=base64.b64decode(status.get("err-data", "")),
+                signal=status.get("signal"),
+            )
+        if time.monotonic() > deadline:
+            raise LibvirtError(f"{dom.name()}: {' '.join(argv)} did not end within {timeout:.0f} s")
+        time.sleep(0.1)

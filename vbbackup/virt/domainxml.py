@@ -12,6 +12,17 @@ defined next to the original domain::
                      <driver type=fmt>, no <backingStore>
     any other <disk> (excluded, not backed up, cdrom, floppy): removed
     <os><nvram|kernel|initrd|loader>: the restored boot file, where one was restored
+
+Both rewrites (restore's and boot's) make the copy independent of a running
+original (`detach_host_files`): the files and sockets a domain owns on the host
+are per domain, and the XML of a running domain names the original's::
+
+    <serial|console|parallel|channel> <log file=...>   -> HOSTDIR/<name>-<dev><n>.log
+    ... type='file' <source path=...>                    -> HOSTDIR/<name>-<dev><n>.out
+    ... type='pty' <source path='/dev/pts/N'>            dropped (QEMU opens a new pty)
+    ... type='unix' <source path=...> (mode=bind)        dropped (libvirt picks a path)
+    <target state='connected'>                           state dropped (live only)
+    <console> duplicating <serial>                       its source and log dropped
 """
 
 from __future__ import annotations
@@ -120,9 +131,12 @@ def adjust(
     name: str,
     images: Mapping[str, tuple[Path, str]],
     boot: Mapping[str, Path],
+    host_dir: Path,
 ) -> bytes:
-    """The rewritten XML (see the module docstring); ``images``: target -> (path, format)."""
+    """The rewritten XML (see the module docstring); ``images``: target -> (path, format);
+    ``host_dir``: where the copy's console logs go (the restore's output directory)."""
     root = _renamed_copy(tree, name)
+    detach_host_files(root, host_dir)
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         dev = str(target.get("dev")) if target is not None else ""
@@ -139,6 +153,72 @@ def adjust(
         if node is not None:
             node.text = str(path)
     return etree.tostring(root, encoding="utf-8", xml_declaration=False) + b"\n"
+
+
+CHAR_DEVICES = ("serial", "console", "parallel", "channel")
+
+
+def detach_host_files(root: etree._Element, host_dir: Path) -> list[Path]:
+    """Re-point or drop what the copy would share with the original (see the docstring);
+    the log/output files now named, in ``host_dir`` and named after the new domain."""
+    name = root.findtext("name") or "domain"
+    named: list[Path] = []
+    devices = root.find("devices")
+    if devices is None:
+        return named
+    for tag in CHAR_DEVICES:
+        for n, dev in enumerate(devices.findall(tag)):
+            target = dev.find("target")
+            if target is not None and "state" in target.attrib:
+                del target.attrib["state"]
+            if tag == "console" and target is not None and target.get("type") == "serial":
+                for child in dev.findall("source") + dev.findall("log"):
+                    dev.remove(child)  # libvirt copies the <serial> it duplicates
+                continue
+            for log in dev.findall("log"):
+                path = host_dir / f"{name}-{tag}{n}.log"
+                log.set("file", str(path))
+                named.append(path)
+            kind = dev.get("type")
+            for source in dev.findall("source"):
+                if kind == "file":
+                    path = host_dir / f"{name}-{tag}{n}.out"
+                    source.set("path", str(path))
+                    named.append(path)
+                elif kind in ("pty", "unix") and source.get("mode", "bind") == "bind":
+                    dev.remove(source)
+    return named
+
+
+def serial_log(root: etree._Element, path: Path) -> None:
+    """The first serial port logs to ``path`` (one is added when the domain has none):
+    ``verify --boot`` reads the console from there."""
+    devices = root.find("devices")
+    if devices is None:
+        raise VbError("the saved domain configuration has no <devices>")
+    serial = devices.find("serial")
+    if serial is None:
+        serial = etree.SubElement(devices, "serial", type="pty")
+        etree.SubElement(serial, "target", port="0")
+    for log in serial.findall("log"):
+        serial.remove(log)
+    etree.SubElement(serial, "log", file=str(path), append="off")
+
+
+def isolate(root: etree._Element) -> None:
+    """No network (``verify --boot``: a booted backup must not meet the original's
+    network with its addresses), BIOS messages on the serial port."""
+    devices = root.find("devices")
+    for iface in devices.findall("interface") if devices is not None else []:
+        if devices is not None:
+            devices.remove(iface)
+    os_el = root.find("os")
+    if os_el is not None and os_el.find("loader") is None and os_el.find("bios") is None:
+        etree.SubElement(os_el, "bios", useserial="yes")
+
+
+def tostring(root: etree._Element) -> str:
+    return etree.tostring(root, encoding="unicode")
 
 
 def _renamed_copy(tree: etree._ElementTree | etree._Element, name: str) -> etree._Element:
@@ -169,14 +249,19 @@ def _point_disk_at(disk: etree._Element, path: Path, fmt: str) -> None:
 
 
 def boot_xml(
-    root: etree._Element, name: str, overlays: Mapping[str, Path], sockets: Mapping[str, Path]
-) -> str:
+    root: etree._Element,
+    name: str,
+    overlays: Mapping[str, Path],
+    sockets: Mapping[str, Path],
+    host_dir: Path,
+) -> etree._Element:
     """``vbmount boot``: the saved XML running on qcow2 overlays over NBD exports.
 
     Safe next to the original: a new name, no UUID, NVRAM or MAC addresses, and
     every disk that is not served removed (never open a live disk of the original).
     """
     root = _renamed_copy(root, name)
+    detach_host_files(root, host_dir)
     for parent_path, tag in (("os", "nvram"), ("devices/interface", "mac")):
         for parent in root.findall(parent_path):
             for child in parent.findall(tag):
@@ -193,7 +278,7 @@ def boot_xml(
             devices.remove(disk)
             continue
         _point_disk_at_overlay(disk, overlays[dev], sockets[dev])
-    return etree.tostring(root, encoding="unicode")
+    return root
 
 
 def _point_disk_at_overlay(disk: etree._Element, overlay: Path, socket: Path) -> None:

@@ -15,7 +15,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -72,6 +72,21 @@ def _safe(name: str) -> str:
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise BackupInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise BackupInterrupted inside the block (as Ctrl-C raises
+    KeyboardInterrupt), so the caller's cleanup runs; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _job_active(dom: libvirt.virDomain) -> bool:
