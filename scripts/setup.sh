@@ -19,6 +19,8 @@ PACKAGES=(
     virtnbdbackup ovmf openssh-server openssh-client openssl
     time  # /usr/bin/time: peak RSS in bench/backup.py
     python3-tqdm python3-paramiko  # virtnbdbackup 2.47 (the anchor), beside Debian's 1.9.15
+    debootstrap extlinux syslinux-common  # the test suite's real guest (tests/harness/build_guest.sh)
+    libguestfs-tools python3-guestfs linux-image-amd64  # verify --fsck; the appliance's kernel
 )
 
 log() { echo "setup: $*" >&2; }

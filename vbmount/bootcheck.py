@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vbbackup.chain import BackupSet
+from vbbackup.engine.fsck import chosen_points
 from vbbackup.engine.lock import LOCK_DIR, _flock
 from vbbackup.errors import LibvirtError, UsageError
 from vbbackup.virt import domainxml, libvirt_connection
@@ -66,16 +67,6 @@ class PointResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def chosen_points(backup: BackupSet, until: str | None, all_points: bool) -> list[str]:
-    """The points to boot: ``--all`` (oldest first), ``--until``, or the newest."""
-    if all_points and until:
-        raise UsageError("give --until CHECKPOINT or --all, not both")
-    points = backup.points(backup.disks[0])
-    if all_points:
-        return [p.name for p in points]
-    return [backup.resolve(backup.disks[0], until).name]
 
 
 def heartbeat_of(config: BootCheckConfig, saved_xml: Path) -> str:

@@ -47,7 +47,7 @@ def test_boot_options_need_boot_and_say_so(tmp_path: Path) -> None:
     code, _, err = run("verify", str(tmp_path), "--all")
     assert code == 2
     assert err.strip().splitlines()[-1] == (
-        "vbbackup: error: --all, --expect-*, --check and --json go with --boot"
+        "vbbackup: error: --all and --json go with --boot or --fsck"
     )
 
 

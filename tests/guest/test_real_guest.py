@@ -26,7 +26,8 @@ from vbbackup.cli import main
 from vbbackup.virt.agent import agent_command
 from vbmount.cli import main as vbmount_main
 
-pytestmark = pytest.mark.integration
+# the first test builds the image (about 2 min on a new machine) and boots the guest
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 WRITER = (
     "setsid sh -c 'i=0; while [ $i -lt 200000 ]; do echo line$i >> /data/writer.log; "

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from vbbackup.chain import BackupSet
 from vbbackup.cli.progress import ProgressBars
+from vbbackup.engine.fsck import chosen_points, fsck_point
 from vbbackup.engine.info import InfoConfig, human_size, info, render
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
@@ -145,7 +147,11 @@ def info_command(directory: Path, as_json: bool) -> None:
 @click.option("--boot", is_flag=True,
               help="Boot the point (--until, default newest; --all: every point) isolated, "
               "without network; pass when the guest answers. The set is not written.")  # fmt: skip
-@click.option("--all", "all_points", is_flag=True, help="With --boot: every point of the chain.")
+@click.option("--fsck", is_flag=True,
+              help="Check every guest file system of the point (--until, default newest; "
+              "--all: every point) read-only in a libguestfs appliance, no boot.")  # fmt: skip
+@click.option("--all", "all_points", is_flag=True,
+              help="With --boot or --fsck: every point of the chain.")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=1), default=300, show_default=True,
               help="With --boot: seconds a point may take to give its heartbeat.")  # fmt: skip
 @click.option("--expect-agent", is_flag=True,
@@ -159,7 +165,8 @@ def info_command(directory: Path, as_json: bool) -> None:
 @click.option("--check", "check_cmd", metavar="CMD",
               help="With --boot: run CMD in the guest (sh -c, through the agent); it must exit "
               "0, e.g. 'systemctl is-system-running --wait'.")  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="With --boot: print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --boot or --fsck: print the report as JSON.")  # fmt: skip
 @click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
               help="With --boot: libvirt connection URI.")  # fmt: skip
 def verify_command(
@@ -168,6 +175,7 @@ def verify_command(
     add_sums: bool,
     no_progress: bool,
     boot: bool,
+    fsck: bool,
     all_points: bool,
     timeout: float,
     expect_agent: bool,
@@ -179,11 +187,17 @@ def verify_command(
     """Check every data file of DIR (checksums, structure, lz4) and the chain links.
 
     With --boot, boot points of DIR instead and report whether each comes up."""
-    boot_only = (all_points, expect_agent, expect_console, check_cmd, as_json)
-    if not boot and any(boot_only):
-        raise UsageError("--all, --expect-*, --check and --json go with --boot")
+    if boot and fsck:
+        raise UsageError("give --boot or --fsck, not both")
+    if not (boot or fsck) and (all_points or as_json):
+        raise UsageError("--all and --json go with --boot or --fsck")
+    if not boot and (expect_agent or expect_console or check_cmd):
+        raise UsageError("--expect-agent, --expect-console and --check go with --boot")
     if add_sums:
         _add_sums(directory)
+        return
+    if fsck:
+        _fsck(directory, until, all_points, as_json)
         return
     if boot:
         _boot_check(
@@ -217,6 +231,30 @@ def verify_command(
         )
     else:
         click.echo(f"{directory}: {len(report.files)} file(s) sound")
+
+
+def _fsck(directory: Path, until: str | None, all_points: bool, as_json: bool) -> None:
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    results = []
+    for point in chosen_points(BackupSet(directory), until, all_points):
+        say(f"checking the file systems of {point}")
+        results += fsck_point(directory, point, say)
+    bad = [r for r in results if r.result == "errors"]
+    if as_json:
+        report = {"directory": str(directory), "passed": not bad,
+                  "filesystems": [r.to_dict() for r in results]}  # fmt: skip
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for r in results:
+            detail = f"  {r.detail}" if r.detail else ""
+            click.echo(f"{r.result:<7} {r.point}  {r.disk} {r.device} {r.fstype}{detail}")
+    if not results:
+        raise VerifyError(f"no file system found on the disks of {directory}")
+    if bad:
+        raise VerifyError(
+            f"{len(bad)} file system(s) of {directory} have errors: "
+            + ", ".join(f"{r.point} {r.device}" for r in bad)
+        )
 
 
 def _boot_check(config: BootCheckConfig, as_json: bool) -> None:
