@@ -128,6 +128,14 @@ def stop_nbdfuse(directory: Path, pid: int) -> None:
     proc.terminate(pid, str(directory))
 
 
+def stop_guestmount(mountpoint: Path, pid: int) -> None:
+    """guestunmount (it retries while the tree is busy); guestmount and its appliance exit."""
+    if is_mounted(mountpoint):
+        proc.run_tool(["guestunmount", str(mountpoint)], what=f"unmounting {mountpoint}")
+    if not proc.wait_gone(pid, "guestmount"):
+        proc.terminate(pid, "guestmount")
+
+
 # -- kernel nbd -----------------------------------------------------------------------
 
 

@@ -90,7 +90,7 @@ def _label(disk: str, part: Partition) -> str:
     return disk if part.number == 0 else f"{disk}{part.number}"
 
 
-def _check_mountpoint(mountpoint: Path) -> None:
+def check_mountpoint(mountpoint: Path) -> None:
     if resources.load("mount", str(mountpoint)) is not None:
         raise MountError(f"{mountpoint} is in use by vbmount: run vbmount umount {mountpoint}")
     if blockdev.mounted_below(mountpoint):
@@ -109,7 +109,7 @@ def mount_backup(req: MountRequest) -> list[Mounted]:
         req.directory.resolve(), Path(os.path.abspath(req.mountpoint)),
         req.disks, req.until, req.partition,
     )  # fmt: skip
-    _check_mountpoint(req.mountpoint)
+    check_mountpoint(req.mountpoint)
     plan = _plan(req, read_layouts(req.directory, req.disks, req.until))
     if not blockdev.kernel_nbd_available() and not blockdev.fuse_available():
         raise MountError("no FUSE here (/dev/fuse missing) and no kernel nbd (/dev/nbd*)")

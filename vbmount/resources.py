@@ -42,6 +42,7 @@ class Resources:
     loops: list[dict[str, str]] = field(default_factory=list)  # device, backing
     dirs: list[str] = field(default_factory=list)  # created by us; removed when empty
     mounts: list[str] = field(default_factory=list)
+    guestmounts: list[dict[str, str | int]] = field(default_factory=list)  # mountpoint, pid
     domain: str | None = None
     uri: str | None = None  # libvirt connection of `domain`
 
@@ -90,6 +91,8 @@ def release(res: Resources) -> None:
     """
     for target in reversed(res.mounts):
         blockdev.unmount(target)
+    for gm in reversed(res.guestmounts):
+        blockdev.stop_guestmount(Path(str(gm["mountpoint"])), int(gm["pid"]))
     for loop in reversed(res.loops):
         blockdev.detach_loop(loop["device"], loop["backing"])
     for device in reversed(res.nbd_devices):

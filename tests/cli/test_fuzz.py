@@ -50,7 +50,7 @@ COMMANDS = st.sampled_from(
         ("vbbackup", ["restore", "{dir}", "-o", "{out}", "--format", "raw", "--no-progress"]),
         ("vbbackup", ["restore", "{dir}", "-o", "{out}", "--adjust-config", "--no-progress"]),
         ("vbbackup", ["consolidate", "{dir}"]),
-        ("vbmount", ["ls", "{dir}"]),
+        ("vbmount", ["ls", "{dir}", "--partitions"]),
     ]
 )
 

@@ -212,3 +212,24 @@ def test_verify_boot_fails_a_point_that_cannot_boot_with_the_console_tail(
     assert any("not a bootable disk" in line for line in tail), tail
     assert "did not boot" in err
     assert not [d for d in libvirt_conn.listAllDomains() if d.name().startswith("vbverify-")]
+
+
+def test_file_restore_from_the_real_guest_at_each_point(
+    guest_set: GuestSet, tmp_path: Path
+) -> None:
+    p0, p1 = guest_set.points
+    code, text, err = vbmount("inspect", str(guest_set.directory), "--json")
+    assert code == 0, err
+    (found,) = json.loads(text)
+    assert (found["distro"], found["hostname"], found["version"]) == ("debian", "vbguest", "12.0")
+    assert found["mountpoints"] == {"/": "/dev/sda1", "/data": "/dev/sdb"}
+    assert found["kernels"] and all(k.endswith("-amd64") for k in found["kernels"])
+    code, _, err = vbmount("get", str(guest_set.directory), "--until", p1, "/data/changed.txt",
+                           "/root/unsynced.txt", "-o", str(tmp_path / "p1"))  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "p1/changed.txt").read_text() == "v2\n"
+    assert (tmp_path / "p1/unsynced.txt").read_text() == "root\n"
+    code, text, err = vbmount("ls", str(guest_set.directory), "--until", p0, "/data")
+    assert code == 0, err
+    names = [line.split()[-1] for line in text.splitlines()]
+    assert "unsynced.txt" in names and "changed.txt" not in names

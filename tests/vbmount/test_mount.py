@@ -21,7 +21,7 @@ def vbmount(*args: str | Path) -> tuple[int, str]:
 
 
 def test_ls_lists_partitions_and_filesystems(two_point_set: TwoPointSet) -> None:
-    code, out = vbmount("ls", two_point_set.directory, "--until", "virtnbdbackup.0")
+    code, out = vbmount("ls", two_point_set.directory, "--until", "virtnbdbackup.0", "--partitions")
     assert code == 0, out
     rows = [line.split() for line in out.splitlines()[1:]]
     assert rows == [
@@ -35,11 +35,15 @@ def test_each_point_shows_its_files_and_umount_leaves_nothing(
 ) -> None:
     old, new = tmp_path / "old", tmp_path / "new"
     cleanup_mounts += [old, new]
-    code, out = vbmount("mount", two_point_set.directory, old, "--until", "virtnbdbackup.0")
+    code, out = vbmount(
+        "mount", "--kernel", two_point_set.directory, old, "--until", "virtnbdbackup.0"
+    )
     assert code == 0, out
     assert out.splitlines() == [f"vda1: ext4 -> {old}/vda1", f"vda2: ext4 -> {old}/vda2"]
     # point 1 has a dirty journal on vda1: it mounts anyway (noload), read-only.
-    code, out = vbmount("mount", two_point_set.directory, new, "--until", "virtnbdbackup.1")
+    code, out = vbmount(
+        "mount", "--kernel", two_point_set.directory, new, "--until", "virtnbdbackup.1"
+    )
     assert code == 0, out
 
     assert (old / "vda1/etc/fstab").read_bytes() == b"old fstab\n"
@@ -66,7 +70,9 @@ def test_one_partition_at_the_mountpoint(
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     cleanup_mounts.append(mountpoint)
-    code, out = vbmount("mount", two_point_set.directory, mountpoint, "--partition", "2")
+    code, out = vbmount(
+        "mount", "--kernel", two_point_set.directory, mountpoint, "--partition", "2"
+    )
     assert code == 0, out
     assert sorted(p.name for p in mountpoint.iterdir()) == ["data.txt", "extra.bin", "lost+found"]
     assert vbmount("umount", mountpoint)[0] == 0
@@ -85,7 +91,7 @@ def test_one_partition_at_the_mountpoint(
 def test_bad_requests_are_one_line(
     two_point_set: TwoPointSet, tmp_path: Path, state_dir: Path, args: list[str], message: str
 ) -> None:
-    code, out = vbmount("mount", two_point_set.directory, tmp_path / "mnt", *args)
+    code, out = vbmount("mount", "--kernel", two_point_set.directory, tmp_path / "mnt", *args)
     assert code != 0
     assert len(out.splitlines()) == 1 and out.startswith("vbmount: error: ")
     assert message in out
@@ -99,7 +105,7 @@ def test_busy_mountpoint_is_refused(
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     (mountpoint / "something").write_text("x")
-    code, out = vbmount("mount", two_point_set.directory, mountpoint)
+    code, out = vbmount("mount", "--kernel", two_point_set.directory, mountpoint)
     assert (code, out) == (10, f"vbmount: error: mountpoint busy: {mountpoint} is not empty\n")
 
 
@@ -111,9 +117,9 @@ def test_unsupported_filesystem(tmp_path: Path, state_dir: Path) -> None:
     partition(disk, 16 * MiB, "label: gpt\nstart=2048, size=8MiB, type=swap\n")
     place(disk, make_fs(tmp_path / "swap", "swap", 8 * MiB), MiB)
     write_set(tmp_path / "set", [disk])
-    code, out = vbmount("mount", tmp_path / "set", tmp_path / "mnt", "--partition", "1")
+    code, out = vbmount("mount", "--kernel", tmp_path / "set", tmp_path / "mnt", "--partition", "1")
     assert (code, out) == (10, "vbmount: error: vda1: unsupported filesystem swap\n")
-    code, out = vbmount("mount", tmp_path / "set", tmp_path / "mnt")
+    code, out = vbmount("mount", "--kernel", tmp_path / "set", tmp_path / "mnt")
     assert code == 10 and "no mountable filesystem" in out
 
 
@@ -122,7 +128,7 @@ def test_no_fuse_and_no_kernel_nbd(
 ) -> None:
     monkeypatch.setattr("vbmount.blockdev.fuse_available", lambda: False)
     monkeypatch.setattr("vbmount.blockdev.kernel_nbd_available", lambda: False)
-    code, out = vbmount("mount", two_point_set.directory, tmp_path / "mnt")
+    code, out = vbmount("mount", "--kernel", two_point_set.directory, tmp_path / "mnt")
     assert (code, out) == (
         10,
         "vbmount: error: no FUSE here (/dev/fuse missing) and no kernel nbd (/dev/nbd*)\n",
@@ -137,7 +143,7 @@ def test_something_already_mounted_there(
     busy.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "vbmount-test", busy], check=True)
     try:
-        code, out = vbmount("mount", two_point_set.directory, busy)
+        code, out = vbmount("mount", "--kernel", two_point_set.directory, busy)
     finally:
         subprocess.run(["umount", busy], check=True)
     assert (code, out) == (10, f"vbmount: error: mountpoint busy: something is mounted at {busy}\n")
@@ -150,7 +156,7 @@ def test_whole_disk_filesystem_mounts_at_the_disk_name(tmp_path: Path, state_dir
     disk = ext4_with_files(tmp_path / "disk.raw", 16 * MiB, {"hello": b"whole disk\n"}, "w")
     write_set(tmp_path / "set", [disk], disk="vdb")
     mountpoint = tmp_path / "mnt"
-    code, out = vbmount("mount", tmp_path / "set", mountpoint)
+    code, out = vbmount("mount", "--kernel", tmp_path / "set", mountpoint)
     try:
         assert (code, out) == (0, f"vdb: ext4 -> {mountpoint}/vdb\n")
         assert (mountpoint / "vdb/hello").read_bytes() == b"whole disk\n"
@@ -169,7 +175,7 @@ def test_umount_after_the_servers_died(
 
     mountpoint = tmp_path / "mnt"
     cleanup_mounts.append(mountpoint)
-    assert vbmount("mount", two_point_set.directory, mountpoint)[0] == 0
+    assert vbmount("mount", "--kernel", two_point_set.directory, mountpoint)[0] == 0
     (record,) = state_dir.glob("mount-*.json")
     state = json.loads(record.read_text())
     for pid in [s["pid"] for s in state["servers"]] + [f["pid"] for f in state["fuse"]]:

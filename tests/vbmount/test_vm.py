@@ -96,14 +96,14 @@ def test_mount_shows_each_point_in_time(
     cleanup_mounts: list[Path],
 ) -> None:
     _vm, backup, _e0, _e1 = backed_up_vm
-    code, out = vbmount("ls", backup)
+    code, out = vbmount("ls", backup, "--partitions")
     assert code == 0, out
     rows = [(line.split()[0], line.split()[-1]) for line in out.splitlines()[1:]]
     assert rows == [("vda", "ext4"), ("vda", "ext4"), ("vda", "xfs"), ("vdb", "unknown")]
     old, new = tmp_path / "old", tmp_path / "new"
     cleanup_mounts += [old, new]
     for mountpoint, point in ((old, cp(backup, 0)), (new, cp(backup, 1))):
-        code, out = vbmount("mount", backup, mountpoint, "--until", point)
+        code, out = vbmount("mount", "--kernel", backup, mountpoint, "--until", point)
         assert code == 0, out
         assert out.splitlines()[-1] == "vdb: unknown -> unknown, not mounted"
     for mountpoint, version in ((old, "old"), (new, "new")):
