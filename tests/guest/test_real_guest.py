@@ -221,7 +221,8 @@ def test_file_restore_from_the_real_guest_at_each_point(
     code, text, err = vbmount("inspect", str(guest_set.directory), "--json")
     assert code == 0, err
     (found,) = json.loads(text)
-    assert (found["distro"], found["hostname"], found["version"]) == ("debian", "vbguest", "12.0")
+    assert (found["distro"], found["hostname"]) == ("debian", "vbguest")
+    assert found["version"].startswith("12.")  # bookworm and its point release
     assert found["mountpoints"] == {"/": "/dev/sda1", "/data": "/dev/sdb"}
     assert found["kernels"] and all(k.endswith("-amd64") for k in found["kernels"])
     code, _, err = vbmount("get", str(guest_set.directory), "--until", p1, "/data/changed.txt",

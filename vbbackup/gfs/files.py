@@ -6,6 +6,7 @@ Paths name a file the way an admin thinks of it:
                                    finds the OS and mounts its file systems as its
                                    fstab says, read-only)
     /dev/vg0/home:/alice/notes     on one file system, whatever mounts it
+    btrfsvol:/dev/sda6/@data:/x    on a btrfs subvolume (as ``vbmount ls`` names it)
 
 Everything is read-only: drives are added read-only and file systems mounted
 with ``mount_ro``; nothing reaches the host kernel's file system code.
@@ -93,6 +94,8 @@ def filesystems(point: OpenPoint) -> list[GuestFilesystem]:
 
 def _disk(point: OpenPoint, device: str) -> str:
     """The disk a file system lies on; an LV's are the disks of its segments (vda+vdb)."""
+    if device.startswith("btrfsvol:"):  # btrfsvol:/dev/sda6/SUBVOLUME: the device's disk
+        device = "/".join(device.removeprefix("btrfsvol:").split("/")[:3])
     disk = point.disk_of(device)
     if disk or not device.startswith("/dev/") or device.count("/") != 3:
         return disk
@@ -153,8 +156,8 @@ def _mounted_os(point: OpenPoint, root: str) -> Iterator[None]:
 def guest_view(point: OpenPoint, guest_path: str) -> Iterator[str]:
     """``guest_path`` mounted read-only; yields the path inside the appliance."""
     g = point.g
-    device, sep, path = guest_path.partition(":")
-    if sep and device.startswith("/dev/"):
+    device, sep, path = _split(guest_path)
+    if sep:
         path = path or "/"
         if not path.startswith("/"):
             raise UsageError(f"{guest_path}: the path after the ':' must be absolute")
@@ -182,6 +185,15 @@ def guest_view(point: OpenPoint, guest_path: str) -> Iterator[str]:
         )
     with _mounted_os(point, roots[0]):
         yield guest_path
+
+
+def _split(guest_path: str) -> tuple[str, str, str]:
+    """``DEVICE:PATH`` (DEVICE a /dev path or libguestfs' ``btrfsvol:/dev/sda6/@sub``)."""
+    prefix = "btrfsvol:" if guest_path.startswith("btrfsvol:") else ""
+    device, sep, path = guest_path[len(prefix) :].partition(":")
+    if sep and device.startswith("/dev/"):
+        return prefix + device, sep, path
+    return "", "", guest_path
 
 
 def list_dir(point: OpenPoint, guest_path: str) -> list[Entry]:
