@@ -4,7 +4,7 @@ compressed chain (full + 5 incs) of an 8 GiB disk, against the anchor's way.
     .venv/bin/python bench/file_restore.py [--workdir /var/tmp/vbbench-files]
         [--size-gib 8] [--data-mib 1024] [--incs 5]
 
-The disk (ext4 on the whole disk, --data-mib of files) is built with libguestfs,
+The disk (ext4 on the whole disk, --data-mib of random files) is made by mkfs -d,
 a no-OS test VM runs on it (tests.harness), and ``vbbackup full --compress`` and
 --incs ``inc --compress`` back it up; before each inc libguestfs changes a copy of
 the image (a new version of /srv/wanted.txt and 32 MiB of other files) and the
@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.gfs_images import build_images, changed_ranges, copy_images, edit_images  # noqa: E402
+from tests.harness.gfs_images import changed_ranges, copy_images, edit_images  # noqa: E402
 from tests.harness.libvirtd import URI, ensure_libvirtd  # noqa: E402
 from tests.harness.vm import DiskSpec, TestVM  # noqa: E402
 from vbbackup.gfs.appliance import backend_settings  # noqa: E402
@@ -51,17 +51,22 @@ def run(argv: list[str]) -> float:
     return time.monotonic() - started
 
 
-def fill(data_mib: int) -> Any:
-    def script(g: Any) -> None:
-        g.mkfs("ext4", "/dev/sda", label="bench")
-        g.mount("/dev/sda", "/")
-        g.mkdir("/srv")
-        g.mkdir("/bulk")
-        for i in range(data_mib // 64):
-            g.fill_pattern(f"bulk{i:03d}", 64 * MiB, f"/bulk/f{i:03d}")
-        g.write("/srv/wanted.txt", b"version 0\n")
-
-    return script
+def fill(image: Path, size: int, data_mib: int, work: Path) -> dict[str, Path]:
+    """ext4 made from a host directory (mkfs.ext4 -d: seconds, where writing the files
+    through a TCG appliance takes minutes): --data-mib of random files."""
+    tree = work / "tree"
+    (tree / "bulk").mkdir(parents=True)
+    (tree / "srv").mkdir()
+    for i in range(data_mib // 64):
+        (tree / "bulk" / f"f{i:03d}").write_bytes(os.urandom(64 * MiB))
+    (tree / "srv" / "wanted.txt").write_text("version 0\n")
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "bench", "-d", str(tree), str(image)],
+                   check=True)  # fmt: skip
+    shutil.rmtree(tree)
+    return {"vda": image}
 
 
 def change(k: int) -> Any:
@@ -86,8 +91,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True)
     ensure_libvirtd()
     conn = libvirt.open(URI)
-    images = build_images({"vda": args.size_gib * 1024 * MiB}, fill(args.data_mib),
-                          args.workdir / "img0")  # fmt: skip
+    images = fill(args.workdir / "img0" / "vda.raw", args.size_gib * 1024 * MiB,
+                  args.data_mib, args.workdir)  # fmt: skip
     backup = args.workdir / "set"
     with TestVM(conn, [DiskSpec("vda", None, image=images["vda"])]) as vm:
         run([VBBACKUP, "full", vm.name, "-o", str(backup), "--compress", "--no-progress"])

@@ -11,7 +11,8 @@ sdb, ... in the order given) and does what guestfish would.
 
 from __future__ import annotations
 
-import shutil
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,18 +61,42 @@ def copy_images(images: dict[str, Path], out_dir: Path) -> dict[str, Path]:
     copies = {}
     for target, path in images.items():
         copies[target] = out_dir / path.name
-        shutil.copyfile(path, copies[target])
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(path),
+                        str(copies[target])], check=True)  # fmt: skip
     return copies
 
 
 def changed_ranges(old: Path, new: Path) -> Iterator[tuple[int, bytes]]:
-    """Every BLOCK-sized piece of ``new`` that differs from ``old`` (same size)."""
+    """Every BLOCK-sized piece of ``new`` that differs from ``old`` (same size); only the
+    data of either file is read (holes in both are equal)."""
     with open(old, "rb") as a, open(new, "rb") as b:
-        offset = 0
-        while True:
-            x, y = a.read(BLOCK), b.read(BLOCK)
-            if not y:
-                return
-            if x != y:
-                yield offset, y
-            offset += len(y)
+        for start, end in _data_ranges(a.fileno(), b.fileno()):
+            offset = start - start % BLOCK
+            while offset < end:
+                x, y = os.pread(a.fileno(), BLOCK, offset), os.pread(b.fileno(), BLOCK, offset)
+                if x != y:
+                    yield offset, y
+                offset += BLOCK
+
+
+def _data_ranges(*fds: int) -> list[tuple[int, int]]:
+    """The union of the files' data ranges (SEEK_DATA/SEEK_HOLE), sorted and merged."""
+    ranges = []
+    for fd in fds:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            ranges.append((start, end))
+            pos = end
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
