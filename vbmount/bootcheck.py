@@ -14,8 +14,6 @@ removed before the next point boots; one verify per set runs at a time.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import secrets
 import time
@@ -26,7 +24,7 @@ from typing import Any
 
 from vbbackup.chain import BackupSet
 from vbbackup.engine.fsck import chosen_points
-from vbbackup.engine.lock import LOCK_DIR, _flock
+from vbbackup.engine.lock import boot_lock
 from vbbackup.errors import LibvirtError, UsageError
 from vbbackup.virt import domainxml, libvirt_connection
 from vbbackup.virt.agent import agent_answers, guest_exec
@@ -97,12 +95,8 @@ def boot_check(config: BootCheckConfig, say: Callable[[str], None]) -> list[Poin
     heartbeat = heartbeat_of(config, boot.vmconfig_path(backup, points[-1]))
     if config.check is not None and not heartbeat.startswith("guest agent"):
         raise UsageError("--check runs through the guest agent: not with --expect-console")
-    key = hashlib.sha256(os.fsencode(os.path.realpath(config.directory))).hexdigest()[:16]
-    busy = lambda holder: (  # noqa: E731
-        f"another verify --boot (pid {holder}) is booting {config.directory}; wait for it"
-    )
     results = []
-    with _flock(LOCK_DIR / f"vbbackup-boot-{key}.lock", busy), signals_raise():
+    with boot_lock(config.directory), signals_raise():
         for point in points:
             say(f"booting {point} (timeout {config.timeout:.0f} s, heartbeat: {heartbeat})")
             result = _check_point(config, point, heartbeat)

@@ -5,6 +5,7 @@ fast failure, bad input, and teardown on SIGTERM. The real guest's agent heartbe
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from tests.harness.vm import DiskSpec, TestVM
 from vbbackup.cli import main
+from vbbackup.engine.lock import boot_lock
 
 MiB = 1024 * 1024
 VBBACKUP = [sys.executable, "-c", "from vbbackup.cli import main; main(prog_name='vbbackup')"]
@@ -117,3 +119,16 @@ def test_sigterm_tears_the_boot_down(make_vm, tmp_path: Path) -> None:  # type: 
     assert not Path(f"/var/tmp/vbmount-boot-{name}").exists()
     ps = subprocess.run(["pgrep", "-f", f"vbmount-boot-{name}"], capture_output=True, check=False)
     assert ps.stdout == b""  # no nbdkit left
+
+
+@pytest.mark.integration
+def test_a_second_verify_boot_of_the_set_is_refused(make_vm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    vm = make_vm([DiskSpec("vda", 8 * MiB)])
+    out = backed_up(vm, tmp_path / "set", SPINNING_MBR)
+    with boot_lock(out):  # as a running verify --boot holds it
+        code, _, err = run("verify", str(out), "--boot", "--expect-console", "x")
+    assert code != 0
+    assert err.strip().splitlines()[-1] == (
+        f"vbbackup: error: another verify --boot (pid {os.getpid()}) is booting {out}; wait for it"
+    )
+    assert verify_domains(vm.conn) == []

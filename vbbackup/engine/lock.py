@@ -49,6 +49,17 @@ def directory_lock(directory: Path, doing: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def boot_lock(directory: Path) -> Iterator[Path]:
+    """One ``verify --boot`` of a set at a time (the set itself is not written)."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(directory))).hexdigest()[:16]
+    with _flock(
+        LOCK_DIR / f"vbbackup-boot-{key}.lock",
+        lambda holder: f"another verify --boot (pid {holder}) is booting {directory}; wait for it",
+    ) as path:
+        yield path
+
+
+@contextlib.contextmanager
 def _flock(path: Path, busy: Callable[[str], str]) -> Iterator[Path]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
