@@ -75,7 +75,7 @@ def filesystems(point: OpenPoint) -> list[GuestFilesystem]:
     """Every file system of the point with type, size, label and the guest's mount point."""
     g = point.g
     mounted_at = {}
-    for root in g.inspect_os():
+    for root in point.os_roots():
         for where, device in g.inspect_get_mountpoints(root).items():
             mounted_at[g.canonical_device_name(device)] = where
     found = []
@@ -112,7 +112,7 @@ def inspect(point: OpenPoint) -> list[Inspection]:
     """One record per operating system found (usually one); [] when none is."""
     g = point.g
     found = []
-    for root in g.inspect_os():
+    for root in point.os_roots():
         info = Inspection(
             root=g.canonical_device_name(root),
             type=g.inspect_get_type(root),
@@ -172,7 +172,7 @@ def guest_view(point: OpenPoint, guest_path: str) -> Iterator[str]:
         return
     if not guest_path.startswith("/"):
         raise UsageError(f"{guest_path}: give an absolute guest path (/etc) or DEVICE:PATH")
-    roots = g.inspect_os()
+    roots = point.os_roots()
     if not roots:
         raise MountError(
             "no operating system found on the disks, so no guest layout to follow: name a "
