@@ -83,11 +83,9 @@ def mount_guest(
 
 
 def _failure(log: str, named: bool) -> str:
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    last = lines[-1] if lines else "guestmount failed"
     if not named and "no operating system" in log.lower():
         return (
             "no operating system found on the disks, so no guest layout to mount: name "
             "file systems with --filesystem DEVICE[:MOUNTPOINT] (vbmount ls DIR lists them)"
         )
-    return f"guestmount: {last}"
+    return f"guestmount: {proc.last_line(log)}"

@@ -19,6 +19,7 @@ from typing import Any
 from vbbackup.chain import BackupSet
 from vbbackup.errors import UsageError
 from vbbackup.gfs import OpenPoint, open_point
+from vbbackup.nbdio.proc import last_line
 
 SKIPPED_TYPES = {"swap", "unknown", "LVM2_member", "crypto_LUKS", ""}
 
@@ -83,11 +84,11 @@ def _check(opened: OpenPoint, point: str, device: str, fstype: str) -> FsResult:
             return result("clean") if status == 0 else result("errors", f"xfs_repair -n: {status}")
         out = str(g.debug("sh", [f"{NO_CHANGE[fstype]} {device} 2>&1; echo status=$?"]))
     except RuntimeError as err:
-        return result("errors", _last_line(str(err)))
+        return result("errors", last_line(str(err)))
     text, _, code = out.rpartition("status=")
     if code.strip() == "0":
         return result("clean")
-    return result("errors", f"{NO_CHANGE[fstype]}: exit {code.strip()}: {_last_line(text)}")
+    return result("errors", f"{NO_CHANGE[fstype]}: exit {code.strip()}: {last_line(text)}")
 
 
 def _replay_journal(g: Any, device: str) -> None:
@@ -95,8 +96,3 @@ def _replay_journal(g: Any, device: str) -> None:
     journal holds is applied, so the read-only check sees the file system as it mounts."""
     g.mount(device, "/")
     g.umount_all()
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -28,6 +28,7 @@ from typing import IO, Any
 from vbbackup.errors import MountError, TargetExistsError, UsageError
 from vbbackup.fsutil import fsync_dir
 from vbbackup.gfs.appliance import WORK_ROOT, OpenPoint
+from vbbackup.nbdio.proc import last_line
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _mounted_os(point: OpenPoint, root: str) -> Iterator[None]:
         except RuntimeError as err:
             if where == "/":
                 raise MountError(f"cannot mount the guest's root {mountpoints[where]}: "
-                                 f"{_message(err)}") from None  # fmt: skip
+                                 f"{last_line(str(err))}") from None  # fmt: skip
     try:
         yield
     finally:
@@ -164,7 +165,7 @@ def guest_view(point: OpenPoint, guest_path: str) -> Iterator[str]:
         try:
             g.mount_ro(device, "/")
         except RuntimeError as err:
-            raise MountError(f"cannot mount {device}: {_message(err)}") from None
+            raise MountError(f"cannot mount {device}: {last_line(str(err))}") from None
         try:
             yield path
         finally:
@@ -320,8 +321,3 @@ def _fsync_tree(top: Path) -> None:
                 finally:
                     os.close(fd)
         fsync_dir(Path(dirpath))
-
-
-def _message(err: RuntimeError) -> str:
-    text = str(err).strip()
-    return text.splitlines()[-1] if text else "failed"
