@@ -13,9 +13,6 @@ overlays; the backup set is never written::
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +21,12 @@ import libvirt
 from vbbackup.chain import BackupSet
 from vbbackup.errors import LibvirtError, MountError
 from vbbackup.nbdio import proc
-from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
+from vbbackup.nbdio.server import Export, NbdkitServer, give_socket_to_qemu, plugin_args
 from vbbackup.virt import domainxml, libvirt_connection
 from vbmount import resources
 from vbmount.mounting import require_root
 
 BOOT_ROOT = Path("/var/tmp")
-QEMU_USERS = ("libvirt-qemu", "qemu")
 
 
 @dataclass(frozen=True)
@@ -81,14 +77,6 @@ def restore_xml(
     return domainxml.tostring(root)
 
 
-def _qemu_owner() -> tuple[int, int] | None:
-    for user in QEMU_USERS:
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(user)
-            return entry.pw_uid, entry.pw_gid
-    return None
-
-
 def boot(config: BootConfig) -> Booted:
     require_root("vbmount boot")
     backup = BackupSet(config.directory)
@@ -130,7 +118,6 @@ def boot(config: BootConfig) -> Booted:
 def _serve_disks(
     backup: BackupSet, until: str | None, workdir: Path, res: resources.Resources
 ) -> tuple[dict[str, Path], dict[str, Path]]:
-    owner = _qemu_owner()
     overlays, sockets = {}, {}
     for disk in backup.disks:
         point = backup.resolve(disk, until)
@@ -144,9 +131,7 @@ def _serve_disks(
         with server:
             server.detach()
             res.add("servers", {"pid": server.pid, "marker": server.marker, "socket": str(socket)})
-        if owner is not None:
-            os.chown(socket, *owner)
-        os.chmod(socket, 0o600 if owner is not None else 0o666)
+        give_socket_to_qemu(socket)
         overlay = workdir / f"{disk}.qcow2"
         proc.run_tool(
             ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",

@@ -318,32 +318,10 @@ class TestVM:
         )
 
     def qemu_io(self, target: str, command: str) -> None:
-        """Run one qemu-io write command on the disk's backend and wait for its result.
-
-        The result appears in the domain log (see the module docstring); anything but
-        ``wrote L/L bytes at offset O`` raises HarnessError with the log text.
-        """
-        match = re.match(r"write .*?(\d+) (\d+)$", command)
-        if match is None:
-            raise HarnessError(f"qemu_io handles write commands ending in OFFSET LENGTH: {command}")
-        offset, length = match.groups()
-        wanted = f"wrote {length}/{length} bytes at offset {offset}\n"
-        log = QEMU_LOG_DIR / f"{self.name}.log"
-        start = log.stat().st_size
-        reply = self.hmp(f'qemu-io -d /machine/peripheral/ua-{target}/virtio-backend "{command}"')
-        if reply.strip():
-            raise HarnessError(f"qemu-io {command!r} on {self.name}/{target}: {reply.strip()}")
-        deadline = time.monotonic() + _QEMU_IO_TIMEOUT
-        while True:
-            text = _log_since(log, start)
-            if wanted in text:
-                return
-            if re.search(r"fail|error|invalid|usage|not found", text, re.IGNORECASE):
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
-        raise HarnessError(f"qemu-io {command!r} on {self.name}/{target}: {text.strip()!r}")
+        """Run one qemu-io write command on the disk's backend (see ``qemu_io``)."""
+        if self.dom is None:
+            raise HarnessError(f"{self.name} is not running")
+        qemu_io(self.dom, target, command)
 
     # -- cleanup ------------------------------------------------------------------------
 
@@ -369,6 +347,41 @@ class TestVM:
 
     def __repr__(self) -> str:
         return f"TestVM({self.name}, disks={self.targets})"
+
+
+def qemu_io(dom: libvirt.virDomain, target: str, command: str) -> None:
+    """Run one qemu-io write command on a running domain's disk (alias ua-<target>) and
+    wait for its result.
+
+    The result appears in the domain log (see the module docstring); anything but
+    ``wrote L/L bytes at offset O`` raises HarnessError with the log text.
+    """
+    name = dom.name()
+    match = re.match(r"write .*?(\d+) (\d+)$", command)
+    if match is None:
+        raise HarnessError(f"qemu_io handles write commands ending in OFFSET LENGTH: {command}")
+    offset, length = match.groups()
+    wanted = f"wrote {length}/{length} bytes at offset {offset}\n"
+    log = QEMU_LOG_DIR / f"{name}.log"
+    start = log.stat().st_size
+    reply = libvirt_qemu.qemuMonitorCommand(
+        dom,
+        f'qemu-io -d /machine/peripheral/ua-{target}/virtio-backend "{command}"',
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+    )
+    if reply.strip():
+        raise HarnessError(f"qemu-io {command!r} on {name}/{target}: {reply.strip()}")
+    deadline = time.monotonic() + _QEMU_IO_TIMEOUT
+    while True:
+        text = _log_since(log, start)
+        if wanted in text:
+            return
+        if re.search(r"fail|error|invalid|usage|not found", text, re.IGNORECASE):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    raise HarnessError(f"qemu-io {command!r} on {name}/{target}: {text.strip()!r}")
 
 
 def remove_domain(dom: libvirt.virDomain) -> None:

@@ -12,6 +12,7 @@ from vbbackup.chain import BackupSet
 from vbbackup.cli.progress import ProgressBars
 from vbbackup.engine.fsck import chosen_points, fsck_point
 from vbbackup.engine.info import InfoConfig, human_size, info, render
+from vbbackup.engine.liverestore import LiveConfig, live_restore, resume
 from vbbackup.engine.restore import DiskPlan, RestoreConfig, plan, restore
 from vbbackup.engine.verify import VerifyConfig, planned_bytes, verify
 from vbbackup.engine.verify import add_sums as add_sums_to
@@ -48,11 +49,11 @@ _backup_dir = click.argument(
 
 
 @click.command("restore")
-@_backup_dir
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path),
+                metavar="DIR")  # fmt: skip
 @click.option(
     "-o",
     "--output",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory to write the images (and domain XML) into; created if missing.",
 )
@@ -70,19 +71,37 @@ _backup_dir = click.argument(
     is_flag=True,
     help="Write the domain XML rewritten for the restored images (new name, no UUID).",
 )
-@click.option("--name", help="Name of the adjusted domain (default: restore_<name>).")
+@click.option("--name", help="Name of the adjusted domain (default: restore_<name>; "
+              "with --live: the original name).")  # fmt: skip
 @click.option(
     "--define",
     is_flag=True,
     help="Define the adjusted domain in libvirt (implies --adjust-config).",
 )
+@click.option("--live", is_flag=True,
+              help="Start the VM at once on qcow2 images over the backup and copy the data "
+              "into them while it runs (docs/instant-recovery.md).")  # fmt: skip
+@click.option(
+    "--resume",
+    "resume_name",
+    metavar="NAME",
+    help="With --live: finish the live restore of NAME that was interrupted.",
+)
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="With --resume: restart a VM whose backup server died (a cold boot).",
+)
+@click.option("--bandwidth", type=click.FloatRange(min=0, min_open=True), metavar="MIB_PER_S",
+              help="With --live: limit each disk's copy to this many MiB/s.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="With --live: print the result as JSON.")
 @click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-              help="libvirt URI for --define.")  # fmt: skip
+              help="libvirt URI for --define and --live.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite existing images and files.")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 def restore_command(
-    directory: Path,
-    output: Path,
+    directory: Path | None,
+    output: Path | None,
     until: str | None,
     disks: tuple[str, ...],
     fmt: str | None,
@@ -90,11 +109,24 @@ def restore_command(
     adjust_config: bool,
     name: str | None,
     define: bool,
+    live: bool,
+    resume_name: str | None,
+    restart: bool,
+    bandwidth: float | None,
+    as_json: bool,
     uri: str,
     force: bool,
     no_progress: bool,
 ) -> None:
     """Restore the disks of backup set DIR, each written once at its point in time."""
+    if live or resume_name:
+        _live(directory, output, until, disks, fmt, preallocate, force, name, resume_name,
+              restart, bandwidth, as_json, uri, no_progress)  # fmt: skip
+        return
+    if as_json or bandwidth is not None or restart:
+        raise UsageError("--json, --bandwidth and --restart go with --live")
+    if directory is None or output is None:
+        raise UsageError("give the backup directory DIR and the output directory -o OUTDIR")
     config = RestoreConfig(
         directory, output, until, disks, fmt, preallocate, adjust_config, name, define, uri, force
     )
@@ -119,6 +151,67 @@ def restore_command(
         click.echo(f"domain XML: {result.config}")
     if result.defined:
         click.echo(f"defined domain: {result.defined}")
+
+
+def _live(
+    directory: Path | None,
+    output: Path | None,
+    until: str | None,
+    disks: tuple[str, ...],
+    fmt: str | None,
+    preallocate: bool,
+    force: bool,
+    name: str | None,
+    resume_name: str | None,
+    restart: bool,
+    bandwidth: float | None,
+    as_json: bool,
+    uri: str,
+    no_progress: bool,
+) -> None:
+    """``restore --live`` and ``--live --resume NAME``."""
+    if fmt == "raw":
+        raise UsageError("--live writes qcow2 images (a block pull needs a qcow2 image over "
+                         "the backup); convert afterwards, or restore without --live")  # fmt: skip
+    if preallocate or force:
+        raise UsageError("--preallocate and --force do not go with --live")
+    bars = ProgressBars(not no_progress and not as_json)
+
+    def progress(target: str, done: int, total: int) -> None:
+        if target not in started:
+            bars.start(target, total)
+            started.add(target)
+        bars.update(target, done)
+
+    def running(domain: str, seconds: float) -> None:
+        if not as_json:
+            click.echo(f"{domain}: running after {seconds:.1f} s; copying its disks", err=True)
+
+    started: set[str] = set()
+    try:
+        if resume_name is not None:
+            if directory is not None or output is not None or until or disks or name:
+                raise UsageError("--resume NAME takes no DIR, -o, --until, --disk or --name: "
+                                 "the live restore's state says them")  # fmt: skip
+            result = resume(resume_name, bandwidth, progress, restart=restart)
+        else:
+            if directory is None or output is None:
+                raise UsageError("restore --live needs DIR and -o OUTDIR")
+            if restart:
+                raise UsageError("--restart goes with --resume NAME")
+            config = LiveConfig(directory, output, until, disks, name, uri, bandwidth)
+            result = live_restore(config, progress, running)
+    finally:
+        bars.clear()
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    for target, image in result.images.items():
+        click.echo(f"{target}: {image}")
+    when = (f"running after {result.running_seconds:.1f} s, "
+            if result.running_seconds is not None else "")  # fmt: skip
+    click.echo(f"{result.name}: {when}complete after {result.complete_seconds:.1f} s; "
+               f"it runs on {result.output} alone")  # fmt: skip
 
 
 @click.command("info")

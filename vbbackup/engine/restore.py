@@ -181,9 +181,7 @@ def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -
                 seconds=time.monotonic() - started,
             )
         )
-    for saved, target in the_plan.boot.values():
-        _copy_file(saved, target, config.force)
-        result.boot_files.append(target)
+    result.boot_files += copy_boot_files(the_plan, config.force)
     if the_plan.xml_path is not None and the_plan.config_out is not None:
         if config.adjust_config or config.define:
             xml = _adjusted_xml(config, the_plan)
@@ -287,6 +285,15 @@ def _refuse_existing_domain(uri: str, name: str) -> None:
     raise TargetExistsError(
         f"a domain named {name!r} exists already; --define needs a new name (--name)"
     )
+
+
+def copy_boot_files(the_plan: Plan, overwrite: bool) -> list[Path]:
+    """The boot files (NVRAM, kernel, initrd) the plan restores; their new paths."""
+    done = []
+    for saved, target in the_plan.boot.values():
+        _copy_file(saved, target, overwrite)
+        done.append(target)
+    return done
 
 
 def _copy_file(source: Path, target: Path, overwrite: bool) -> None:

@@ -15,7 +15,9 @@ foreground).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -27,6 +29,7 @@ from vbbackup.nbdio import proc
 # The plugin is installed with the package (nbdkit loads it by path); VBMOUNT_PLUGIN
 # points restore, vbmount and tests at another copy of it.
 PLUGIN = Path(nbdkit_plugin.__file__).resolve().parent / "vbmount.py"
+QEMU_USERS = ("libvirt-qemu", "qemu")  # Debian's, Fedora's
 
 
 @dataclass(frozen=True)
@@ -135,3 +138,20 @@ def stop_server(pid: int, marker: str, socket: Path | None = None) -> None:
     proc.terminate(pid, marker)
     if socket is not None:
         socket.unlink(missing_ok=True)
+
+
+def qemu_owner() -> tuple[int, int] | None:
+    """uid and gid of the user QEMU runs as under qemu:///system (None: no such user)."""
+    for user in QEMU_USERS:
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(user)
+            return entry.pw_uid, entry.pw_gid
+    return None
+
+
+def give_socket_to_qemu(socket: Path) -> None:
+    """Only QEMU may connect: the socket owned by its user, 0600 (0666 without one)."""
+    owner = qemu_owner()
+    if owner is not None:
+        os.chown(socket, *owner)
+    os.chmod(socket, 0o600 if owner is not None else 0o666)

@@ -296,3 +296,45 @@ def _point_disk_at_overlay(disk: etree._Element, overlay: Path, socket: Path) ->
     source = etree.SubElement(backing, "source", protocol="nbd")
     etree.SubElement(source, "host", transport="unix", socket=str(socket))
     etree.SubElement(backing, "backingStore")
+
+
+def stop_on_io_errors(xml: bytes) -> bytes:
+    """The domain XML with every disk's read and write error policy 'stop': a live restore's
+    guest pauses (instead of seeing EIO) while the backup it still reads is unreachable."""
+    root = etree.fromstring(xml)
+    for disk in root.findall("devices/disk"):
+        driver = disk.find("driver")
+        if driver is None:
+            driver = etree.SubElement(disk, "driver", name="qemu")
+        driver.set("error_policy", "stop")
+        driver.set("rerror_policy", "stop")
+    return etree.tostring(root, encoding="utf-8") + b"\n"
+
+
+def backed_targets(live_xml: str) -> set[str]:
+    """Targets of the disks that still read from a backing image (a ``<backingStore>``
+    with a source) in a running domain's XML."""
+    root = etree.fromstring(live_xml.encode())
+    found = set()
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        backing = disk.find("backingStore")
+        if target is not None and backing is not None and backing.find("source") is not None:
+            found.add(str(target.get("dev")))
+    return found
+
+
+def disk_sources(xml: str) -> dict[str, str]:
+    """Every disk's target and the file or network source it names (or "")."""
+    root = etree.fromstring(xml.encode())
+    found = {}
+    for disk in root.findall("devices/disk"):
+        target = disk.find("target")
+        if target is None:
+            continue
+        source = disk.find("source")
+        where = ""
+        if source is not None:
+            where = source.get("file") or source.get("dev") or source.get("name") or ""
+        found[str(target.get("dev"))] = where
+    return found
