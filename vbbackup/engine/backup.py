@@ -122,7 +122,8 @@ class _Run:
     ssh: list[str]
     tcp: tuple[str, int] | None
     level: str  # _open_output
-    domain_xml: str  # _inspect_domain
+    domain_xml: str  # _inspect_domain: the running domain's, disks and boot files come from it
+    saved_xml: str  # _inspect_domain: saved as vmconfig.<ident>.xml
     all_disks: list[DomainDisk]
     chosen: list[DomainDisk]
     skipped: dict[str, str]
@@ -205,6 +206,11 @@ class _Run:
             self.say(f"ended a backup job left by a run that died (socket {stale})")
         clear_jobs(dom, self.ops, self.say)
         self.domain_xml = dom.XMLDesc(0)
+        # what restore defines: the persistent definition (no live-only aliases, pty paths,
+        # channel states); a transient domain has only the live one
+        self.saved_xml = (
+            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else self.domain_xml
+        )
         self.all_disks = domain_disks(self.domain_xml)
         self.chosen, self.skipped = select_disks(self.all_disks, self.config, self.level)
         for target, why in self.skipped.items():
@@ -302,7 +308,7 @@ class _Run:
         if new_cp:
             self.out.save_checkpoint_xml(new_cp, self.cps.dump(new_cp))
         self.out.save_consistency(ident, self.consistency)
-        self.out.save_vmconfig(ident, self.domain_xml)
+        self.out.save_vmconfig(ident, self.saved_xml)
         boot_ident = None if self.level == COPY else ident
         save_boot_files(self.domain_xml, self.out.path, boot_ident, self.ssh)
         for target, info in self.infos.items():
