@@ -13,7 +13,7 @@ import click
 
 from vbbackup import __version__
 from vbbackup.chain import unchecked_warnings
-from vbbackup.cli.common import ErrorHandlingGroup
+from vbbackup.cli.common import ErrorHandlingGroup, connect_option
 from vbbackup.errors import MountError, TargetExistsError, UsageError
 from vbbackup.fsutil import atomic_output
 from vbbackup.gfs import files
@@ -57,7 +57,32 @@ def main() -> None:
 @disk_option("Disk to serve (needed when the set holds several).")
 @until_option
 @click.option("--socket", type=click.Path(path_type=Path), help="Listen on this unix socket.")
-@click.option("--port", type=int, help="Listen on this TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), help="Listen on this TCP port.")
+@click.option(
+    "--listen",
+    metavar="ADDR",
+    help="With --port: the address to listen on (default 127.0.0.1; 0.0.0.0 or :: "
+    "for every address: anyone who reaches it reads the backup, use --tls).",
+)
+@click.option(
+    "--export-name",
+    default="",
+    metavar="NAME",
+    help="The export's name (virtnbdmap's -e); clients ask for it.",
+)
+@click.option("--tls", is_flag=True, help="With --port: require TLS (nbdkit --tls=require).")
+@click.option(
+    "--tls-certificates",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="X.509 directory: ca-cert.pem, server-cert.pem, server-key.pem.",
+)
+@click.option(
+    "--tls-psk",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Pre-shared keys, one user:hexkey per line (psktool's format).",
+)
 @click.option("--writable", is_flag=True, help="Accept writes into a throwaway overlay (cow).")
 @click.option("--daemon", is_flag=True, help="Return once serving; stop it by its pid file.")
 @click.option("--pidfile", type=click.Path(path_type=Path), help="Pid file (with --daemon).")
@@ -230,8 +255,7 @@ def umount_command(mountpoint: Path) -> None:
 @backup_dir
 @until_option
 @click.option("--name", help="Name of the new domain (default: <original>-restore).")
-@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-              help="libvirt connection URI.")  # fmt: skip
+@connect_option()
 @click.option("--start/--no-start", default=True, show_default=True, help="Start the domain.")
 def boot_command(directory: Path, **options: Any) -> None:
     """Run the VM from the backup: disks are overlays over the served chain."""
@@ -244,8 +268,7 @@ def boot_command(directory: Path, **options: Any) -> None:
 
 @main.command("unboot")
 @click.argument("name")
-@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-              help="libvirt connection URI.")  # fmt: skip
+@connect_option()
 def unboot_command(name: str, uri: str) -> None:
     """Destroy and undefine a booted domain, stop its servers, remove its overlays."""
     if not boot.unboot(name, uri):

@@ -18,7 +18,7 @@ from types import FrameType
 from vbbackup.chain import open_view
 from vbbackup.errors import UsageError
 from vbbackup.nbdio import proc
-from vbbackup.nbdio.server import Export, NbdkitServer, plugin_args
+from vbbackup.nbdio.server import Export, NbdkitServer, Tls, plugin_args
 from vbmount.resources import state_root
 
 
@@ -29,6 +29,11 @@ class ServeConfig:
     until: str | None = None
     socket: Path | None = None
     port: int | None = None
+    listen: str | None = None
+    export_name: str = ""
+    tls: bool = False
+    tls_certificates: Path | None = None
+    tls_psk: Path | None = None
     writable: bool = False
     daemon: bool = False
     pidfile: Path | None = None
@@ -40,6 +45,16 @@ def make_server(config: ServeConfig) -> NbdkitServer:
         raise UsageError("give --socket or --port, not both")
     if config.pidfile is not None and not config.daemon:
         raise UsageError("--pidfile goes with --daemon")
+    if config.port is None and (config.listen or config.tls):
+        raise UsageError("--listen and --tls go with --port")
+    if (config.tls_certificates or config.tls_psk) and not config.tls:
+        raise UsageError("--tls-certificates and --tls-psk go with --tls")
+    if config.tls and (config.tls_certificates is None) == (config.tls_psk is None):
+        raise UsageError("--tls needs --tls-certificates DIR or --tls-psk FILE")
+    for path in (config.tls_certificates, config.tls_psk):
+        if path is not None and not path.exists():
+            raise UsageError(f"{path} does not exist")
+    tls = Tls(config.tls_certificates, config.tls_psk) if config.tls else None
     with open_view(config.directory, config.disk, config.until):
         pass
     workdir = state_root() / f"serve-{os.getpid()}"
@@ -58,6 +73,9 @@ def make_server(config: ServeConfig) -> NbdkitServer:
         writable=config.writable,
         pidfile=config.pidfile,
         tied=not config.daemon,
+        listen=config.listen or "127.0.0.1",
+        export_name=config.export_name,
+        tls=tls,
     )
 
 

@@ -43,7 +43,7 @@ def test_no_fallback_fails_with_the_problem(tmp_path: Path) -> None:
     target = refuse_or_fall_back(tmp_path / "vm", "bitmap gone", BackupOptions(), lines.append)
     assert target == tmp_path / "vm.1"
     assert lines == [
-        f"warning: bitmap gone; falling back to a full backup into a new chain: {target}"
+        f"bitmap gone; falling back to a full backup into a new chain: {target}"
     ]
 
 

@@ -40,7 +40,7 @@ def test_running_domain_without_agent_warns_once(vm: TestVM) -> None:
     finally:
         vm.dom.suspend()
     assert len(lines) == 1
-    assert lines[0].startswith(f"warning: {vm.name}: filesystems not frozen (")
+    assert lines[0].startswith(f"{vm.name}: filesystems not frozen (")
     assert "agent" in lines[0]
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +14,11 @@ from typing import Any
 
 import click
 
+from vbbackup.cli.common import connect_option
 from vbbackup.cli.ops_options import backup_options, ops_options
 from vbbackup.cli.progress import CliReporter
 from vbbackup.engine.backup import BackupConfig, run_backup
+from vbbackup.errors import UsageError
 from vbbackup.virt.agent import consistency_line
 
 DEFAULT_ROOT = Path("/var/lib/vbbackup")
@@ -32,8 +37,7 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.argument("domain"),
         click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
                      help="Backup directory (one chain); default /var/lib/vbbackup/DOMAIN."),
-        click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-                     help="libvirt connection URI."),
+        connect_option(),
         click.option("-i", "--include", multiple=True, metavar="DISK",
                      help="Back up only this disk (target name, e.g. vda; repeatable)."),
         click.option("-x", "--exclude", multiple=True, metavar="DISK",
@@ -52,6 +56,11 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Include raw and direct-attached disks (copied whole in full/copy)."),
         click.option("--json", "as_json", is_flag=True,
                      help="Print a machine-readable summary on stdout."),
+        click.option("--strict", is_flag=True,
+                     help="Exit 2 when the backup finished with warnings (a disk skipped, "
+                     "no freeze, a fallback to a new chain)."),
+        click.option("--syslog", is_flag=True,
+                     help="Also send the run's log to syslog (/dev/log)."),
         click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
         click.option("-v", "--verbose", is_flag=True, help="Also print the run's log lines."),
         click.option("--no-progress", is_flag=True,
@@ -69,7 +78,10 @@ def _make_command(level: str) -> click.Command:
     def command(domain: str, output: Path | None, uri: str, include: tuple[str, ...],
                 exclude: tuple[str, ...], compress: int | None, workers: int | None,
                 scratchdir: Path, no_sparse_detection: bool, raw: bool, as_json: bool,
-                quiet: bool, verbose: bool, no_progress: bool, **ops: Any) -> None:  # fmt: skip
+                strict: bool, syslog: bool, quiet: bool, verbose: bool, no_progress: bool,
+                **ops: Any) -> None:  # fmt: skip
+        if syslog:
+            _log_to_syslog()
         if verbose:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -96,8 +108,28 @@ def _make_command(level: str) -> click.Command:
             click.echo(json.dumps(result.to_dict(), indent=2))
         elif result.estimate is not None:  # the command's result: stdout, even with -q
             click.echo(result.estimate.line())
+        if strict and result.warnings:
+            n = len(result.warnings)
+            click.echo(f"vbbackup: finished with {n} warning{'s' if n > 1 else ''} (--strict: "
+                       "exit 2)", err=True)  # fmt: skip
+            raise SystemExit(2)
 
     return command
+
+
+def _log_to_syslog() -> None:
+    """The run's log (what -v prints) to the local syslog as well, as ``vbbackup[pid]``."""
+    address = os.environ.get("VBBACKUP_SYSLOG_SOCKET", "/dev/log")
+    try:  # the handler itself stays silent when nothing listens (it retries per record)
+        if not stat.S_ISSOCK(os.stat(address).st_mode):
+            raise UsageError(f"--syslog: {address} is not a socket (no syslog daemon?)")
+        handler = logging.handlers.SysLogHandler(address=address)
+    except OSError as err:
+        raise UsageError(f"--syslog: cannot reach syslog at {address}: {err.strerror}") from None
+    handler.setFormatter(logging.Formatter(f"vbbackup[{os.getpid()}]: %(message)s"))
+    root = logging.getLogger("vbbackup")
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
 
 
 full_command = _make_command("full")

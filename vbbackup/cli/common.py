@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from vbbackup.errors import VbError
+from vbbackup.virt.connection import default_uri
 
 
 class ErrorHandlingGroup(click.Group):
@@ -48,3 +49,10 @@ def os_error_text(err: OSError) -> str:
     if err.filename2 is not None:
         return f"{err.filename} -> {err.filename2}: {what}"
     return f"{err.filename}: {what}"
+
+
+def connect_option(what: str = "libvirt connection URI") -> Any:
+    """``-c/--connect URI``, defaulting as virtnbdbackup does (root: system, else session)."""
+    return click.option("-c", "--connect", "uri", default=default_uri,
+                        show_default="qemu:///system as root, else qemu:///session",
+                        help=f"{what}.")  # fmt: skip

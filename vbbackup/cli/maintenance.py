@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from vbbackup.cli.common import connect_option
 from vbbackup.engine.check import CheckConfig, check, render
 from vbbackup.engine.consolidate import ConsolidateConfig, consolidate
 from vbbackup.engine.prune import PruneConfig, prune
@@ -55,7 +56,7 @@ def consolidate_command(directory: Path, until: str | None) -> None:
     type=click.Path(path_type=Path),
     help="Backup directory (chain) of the domain to compare with.",
 )
-@click.option("-c", "--connect", "uri", default="qemu:///system", help="libvirt URI.")
+@connect_option()
 @click.pass_context
 def check_command(ctx: click.Context, domain: str, directory: Path | None, uri: str) -> None:
     """Show checkpoints, image bitmaps and the backup chain side by side (read-only).

@@ -17,6 +17,9 @@ _OPTIONS = [
                  help="Freeze only this guest filesystem for the checkpoint (repeatable)."),
     click.option("--no-freeze", is_flag=True,
                  help="Do not freeze guest filesystems through the guest agent."),
+    click.option("--pause", is_flag=True,
+                 help="Suspend the domain while the backup job starts, resume it right after "
+                      "(for guests without an agent); resumed on failure too."),
     click.option("--estimate", is_flag=True,
                  help="inc/diff: print the bytes changed since the checkpoint; write nothing."),
     click.option("--threshold", type=click.IntRange(0), metavar="BYTES",
@@ -59,6 +62,7 @@ def backup_options(
     nbd_port: int = 10809,
     tls: bool = False,
     tls_cert_dir: Path = Path("/etc/pki/qemu"),
+    pause: bool = False,
 ) -> BackupOptions:
     return BackupOptions(
         start_domain=start_domain,
@@ -73,4 +77,5 @@ def backup_options(
         nbd_port=nbd_port,
         tls=tls,
         tls_cert_dir=tls_cert_dir,
+        pause=pause,
     )

@@ -115,6 +115,7 @@ class CliReporter(Reporter):
     """A backup run's report, drawn by ``ProgressBars``."""
 
     def __init__(self, quiet: bool, progress: bool, stream: TextIO | None = None) -> None:
+        super().__init__()
         self.bars = ProgressBars(progress, stream, quiet)
         self.stream = self.bars.stream
         self.quiet = quiet
@@ -123,6 +124,9 @@ class CliReporter(Reporter):
     def info(self, message: str) -> None:
         super().info(message)
         self.bars.say(message)
+
+    def say_warning(self, line: str) -> None:
+        self.bars.say(line)
 
     def disk_started(self, target: str, total: int) -> None:
         self.bars.start(target, total)

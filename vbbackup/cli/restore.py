@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from vbbackup.chain import BackupSet
+from vbbackup.cli.common import connect_option
 from vbbackup.cli.progress import ProgressBars
 from vbbackup.engine.fsck import chosen_points, fsck_point
 from vbbackup.engine.info import InfoConfig, human_size, info, render
@@ -95,8 +96,7 @@ _backup_dir = click.argument(
 @click.option("--bandwidth", type=click.FloatRange(min=0, min_open=True), metavar="MIB_PER_S",
               help="With --live: limit each disk's copy to this many MiB/s.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="With --live: print the result as JSON.")
-@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-              help="libvirt URI for --define and --live.")  # fmt: skip
+@connect_option("libvirt URI for --define and --live")
 @click.option("--force", is_flag=True, help="Overwrite existing images and files.")
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 def restore_command(
@@ -260,8 +260,7 @@ def info_command(directory: Path, as_json: bool) -> None:
               "0, e.g. 'systemctl is-system-running --wait'.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True,
               help="With --boot or --fsck: print the report as JSON.")  # fmt: skip
-@click.option("-c", "--connect", "uri", default="qemu:///system", show_default=True,
-              help="With --boot: libvirt connection URI.")  # fmt: skip
+@connect_option("With --boot: libvirt connection URI")
 def verify_command(
     directory: Path,
     until: str | None,

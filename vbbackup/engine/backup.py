@@ -39,6 +39,7 @@ from vbbackup.engine.backup_ops import (
     estimate_changes,
     freeze,
     nbd_tcp,
+    paused,
     refuse_or_fall_back,
     tls_dir,
 )
@@ -105,9 +106,12 @@ def run_backup(config: BackupConfig, reporter: Reporter | None = None) -> Backup
     try:
         return _Run(config, reporter).run()
     except BrokenChainError as err:
-        target = refuse_or_fall_back(config.output, str(err), config.ops, reporter.info)
+        target = refuse_or_fall_back(config.output, str(err), config.ops, reporter.warn)
         ops = replace(config.ops, checkpoint_dir=None)  # the old chain's XML stays untouched
         return _Run(replace(config, level=FULL, output=target, ops=ops), reporter).run()
+
+
+USER_SKIPS = ("not included", "excluded", "no medium")
 
 
 class _Run:
@@ -214,7 +218,10 @@ class _Run:
         self.all_disks = domain_disks(self.domain_xml)
         self.chosen, self.skipped = select_disks(self.all_disks, self.config, self.level)
         for target, why in self.skipped.items():
-            self.say(f"{target}: skipped: {why}")
+            if why in USER_SKIPS or "drives are never" in why:
+                self.say(f"{target}: skipped: {why}")
+            else:  # a disk of the domain whose data this run does not save
+                self.reporter.warn(f"{target}: skipped: {why}")
         self.infos = {
             d.target: image_info(d.path, self.ssh)
             for d in self.chosen
@@ -276,8 +283,9 @@ class _Run:
         # runs after the job has ended (the stack unwinds in reverse): a run that fails, is
         # interrupted (SIGTERM, SIGINT, SIGHUP) or fills the disk undoes itself
         stack.callback(self._undo_uncommitted)
-        freezer = freeze(self.dom, self.ops, self.say)
-        with freezer:  # thawed as soon as the job has begun
+        freezer = freeze(self.dom, self.ops, self.reporter.warn)
+        pause = paused(self.dom, self.ops.pause, self.say)
+        with freezer, pause as was_paused:  # resumed, then thawed, once the job has begun
             job = stack.enter_context(
                 BackupJob(
                     self.dom,
@@ -293,6 +301,8 @@ class _Run:
                 )
             )
         self.consistency = freezer.consistency()
+        if was_paused:
+            self.consistency["paused"] = True  # suspended while the job started (--pause)
         log.info("%s", consistency_line(self.consistency))  # the summary says it at the end
         return job
 
@@ -324,6 +334,7 @@ class _Run:
             checkpoint=checkpoint,
             disks=disks,
             skipped=self.skipped,
+            warnings=list(self.reporter.warnings),
             seconds=time.monotonic() - self.started,
             estimate=estimate,
             consistency=getattr(self, "consistency", None),

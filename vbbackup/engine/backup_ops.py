@@ -24,6 +24,7 @@ import libvirt
 
 from vbbackup.errors import BackupBusyError, ChainError, LibvirtError, UsageError
 from vbbackup.virt.agent import GuestFreeze
+from vbbackup.virt.connection import error_text
 from vbbackup.virt.estimate import checkpoint_sizes
 from vbbackup.virt.job import end_job
 from vbbackup.virt.offline import started_paused
@@ -47,6 +48,7 @@ class BackupOptions:
     nbd_port: int = 10809
     tls: bool = False  # the TCP export with TLS (QEMU's and our x509 certificates)
     tls_cert_dir: Path = Path("/etc/pki/qemu")
+    pause: bool = False  # suspend the domain while the job starts (guests without an agent)
 
 
 def nbd_tcp(uri: str, ops: BackupOptions) -> tuple[str, int] | None:
@@ -112,12 +114,12 @@ def fallback_dir(directory: Path) -> Path:
     return directory.with_name(f"{directory.name}.{n}")
 
 
-def refuse_or_fall_back(directory: Path, problem: str, ops: BackupOptions, say: Say) -> Path:
+def refuse_or_fall_back(directory: Path, problem: str, ops: BackupOptions, warn: Say) -> Path:
     """--no-fallback: fail with the problem; else warn and name the new chain's directory."""
     if not ops.fallback:
         raise ChainError(f"{problem}; start a new chain with `vbbackup full` (--no-fallback)")
     target = fallback_dir(directory)
-    say(f"warning: {problem}; falling back to a full backup into a new chain: {target}")
+    warn(f"{problem}; falling back to a full backup into a new chain: {target}")
     return target
 
 
@@ -161,11 +163,35 @@ class NoFreeze(contextlib.nullcontext[None]):
         return {"frozen": False, "reason": "--no-freeze"}
 
 
-def freeze(dom: libvirt.virDomain, ops: BackupOptions, say: Say) -> GuestFreeze | NoFreeze:
+def freeze(dom: libvirt.virDomain, ops: BackupOptions, warn: Say) -> GuestFreeze | NoFreeze:
     """Guest filesystems frozen around the checkpoint, unless --no-freeze."""
     if not ops.freeze:
         return NoFreeze()
-    return GuestFreeze(dom, ops.freeze_mountpoints, say)
+    return GuestFreeze(dom, ops.freeze_mountpoints, warn)
+
+
+@contextlib.contextmanager
+def paused(dom: libvirt.virDomain, enabled: bool, say: Say) -> Iterator[bool]:
+    """--pause: a running domain suspended inside the block (the job's start), resumed on
+    every way out; yields whether it was suspended."""
+    if not enabled or dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+        yield False
+        return
+    try:
+        dom.suspend()
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"--pause: cannot suspend {dom.name()}: {error_text(err)}") from None
+    say(f"{dom.name()} paused while the backup job starts (--pause)")
+    try:
+        yield True
+    finally:
+        try:
+            dom.resume()
+        except libvirt.libvirtError as err:
+            raise LibvirtError(
+                f"could not resume {dom.name()} after --pause: {error_text(err)}; "
+                f"run: virsh resume {dom.name()}"
+            ) from None
 
 
 class BrokenChainError(ChainError):

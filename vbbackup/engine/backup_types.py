@@ -69,6 +69,7 @@ class BackupResult:
     seconds: float = 0.0
     estimate: Estimate | None = None  # --estimate: the run's result instead of streams
     consistency: dict[str, Any] | None = None  # frozen by the guest agent (where), or why not
+    warnings: list[str] = field(default_factory=list)  # --strict: exit 2 when there are any
 
     def to_dict(self) -> dict[str, Any]:
         result = asdict(self)
@@ -80,8 +81,20 @@ class BackupResult:
 class Reporter:
     """What a run tells its user; the CLI overrides these (thread-safe there)."""
 
+    def __init__(self) -> None:
+        self.warnings: list[str] = []  # what --strict turns into exit code 2
+
     def info(self, message: str) -> None:
         log.info(message)
+
+    def warn(self, message: str) -> None:
+        """Something the admin should act on although the run goes on (or succeeded)."""
+        self.warnings.append(message)
+        log.warning(message)
+        self.say_warning(f"warning: {message}")
+
+    def say_warning(self, line: str) -> None:
+        pass
 
     def disk_started(self, target: str, total: int) -> None:
         pass

@@ -33,6 +33,15 @@ QEMU_USERS = ("libvirt-qemu", "qemu")  # Debian's, Fedora's
 
 
 @dataclass(frozen=True)
+class Tls:
+    """TLS for a TCP export, as nbdkit offers it: X.509 certificates (a directory with
+    ca-cert.pem, server-cert.pem, server-key.pem) or a PSK file (``user:hexkey`` lines)."""
+
+    certificates: Path | None = None
+    psk: Path | None = None
+
+
+@dataclass(frozen=True)
 class Export:
     """One disk of a backup directory at one point in time (None: the newest)."""
 
@@ -68,9 +77,16 @@ class NbdkitServer:
         name: str = "nbdkit",
         pidfile: Path | None = None,
         tied: bool = False,
+        listen: str = "127.0.0.1",
+        export_name: str = "",
+        tls: Tls | None = None,
     ) -> None:
         if (socket is None) == (port is None):
             raise UsageError("serve on either a unix socket or a TCP port")
+        if tls is not None and port is None:
+            raise UsageError("TLS is for a TCP export (--port); a unix socket is local")
+        if tls is not None and (tls.certificates is None) == (tls.psk is None):
+            raise UsageError("TLS needs either certificates or a PSK file")
         self.plugin = plugin
         self.socket = socket.resolve() if socket is not None else None
         self.port = port
@@ -78,14 +94,22 @@ class NbdkitServer:
         self.pidfile = (pidfile or workdir / f"{name}.pid").resolve()
         self.log = workdir / f"{name}.log"
         self.tied = tied
+        self.listen = listen
+        self.export_name = export_name
+        self.tls = tls
         self.pid: int | None = None
         self._detached = False
 
     @property
     def uri(self) -> str:
+        """The export's NBD URI (for a TLS export, what a client adds is its own part)."""
         if self.socket is not None:
-            return f"nbd+unix:///?socket={self.socket}"
-        return f"nbd://localhost:{self.port}/"
+            return f"nbd+unix:///{self.export_name}?socket={self.socket}"
+        host = f"[{self.listen}]" if ":" in self.listen else self.listen
+        if host in ("0.0.0.0", "[::]"):
+            host = "localhost"
+        scheme = "nbds" if self.tls is not None else "nbd"
+        return f"{scheme}://{host}:{self.port}/{self.export_name}"
 
     @property
     def marker(self) -> str:
@@ -99,10 +123,22 @@ class NbdkitServer:
         if self.socket is not None:
             argv += ["--unix", str(self.socket)]
         else:
-            argv.append(f"--port={self.port}")
+            argv += [f"--port={self.port}", f"--ipaddr={self.listen}"]
+        if self.tls is not None:
+            argv.append("--tls=require")
+            if self.tls.certificates is not None:
+                argv.append(f"--tls-certificates={self.tls.certificates}")
+            if self.tls.psk is not None:
+                argv.append(f"--tls-psk={self.tls.psk}")
         # cow: writes land in a throwaway overlay; the backup files are never opened for writing.
         argv += ["--filter=cow"] if self.writable else ["--readonly"]
-        return argv + self.plugin
+        if not self.export_name:
+            return argv + self.plugin
+        # listed under its name, served under it (and as the default ""), no other name
+        name = self.export_name
+        return [*argv, "--filter=exportname", *self.plugin, f"exportname={name}",
+                f"default-export={name}", "exportname-list=explicit",
+                "exportname-strict=true"]  # fmt: skip
 
     def start(self) -> NbdkitServer:
         if self.socket is not None and self.socket.exists():

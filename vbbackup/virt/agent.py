@@ -54,7 +54,7 @@ class GuestFreeze:
             reason = err.get_error_message() or str(err)
             self.reason = f"guest agent: {reason}"
             self.warn(
-                f"warning: {self.dom.name()}: filesystems not frozen ({reason}); "
+                f"{self.dom.name()}: filesystems not frozen ({reason}); "
                 "the backup is crash-consistent"
             )
         return self
@@ -97,6 +97,8 @@ def _mountpoints(dom: libvirt.virDomain) -> list[str]:
 
 def consistency_line(record: dict[str, object]) -> str:
     """One line for the summary, the log and ``info``."""
+    if record.get("paused") and not record.get("frozen"):
+        return "crash-consistent: the domain was paused while the backup job started (--pause)"
     if record.get("frozen"):
         mountpoints = record.get("mountpoints")
         listed = mountpoints if isinstance(mountpoints, list) else []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import libvirt
@@ -15,6 +16,11 @@ def _quiet(_ctx: object, _err: object) -> None:
 
 
 libvirt.registerErrorHandler(_quiet, None)
+
+
+def default_uri() -> str:
+    """As virtnbdbackup: the system daemon for root, the user's session daemon otherwise."""
+    return "qemu:///system" if os.geteuid() == 0 else "qemu:///session"
 
 
 @contextlib.contextmanager
