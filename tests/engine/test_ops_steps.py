@@ -42,9 +42,7 @@ def test_no_fallback_fails_with_the_problem(tmp_path: Path) -> None:
     assert str(err.value) == ("bitmap gone; start a new chain with `vbbackup full` (--no-fallback)")
     target = refuse_or_fall_back(tmp_path / "vm", "bitmap gone", BackupOptions(), lines.append)
     assert target == tmp_path / "vm.1"
-    assert lines == [
-        f"bitmap gone; falling back to a full backup into a new chain: {target}"
-    ]
+    assert lines == [f"bitmap gone; falling back to a full backup into a new chain: {target}"]
 
 
 @pytest.mark.integration
