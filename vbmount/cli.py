@@ -27,6 +27,18 @@ backup_dir = click.argument(
 )
 
 
+def sequence_option(f: F) -> F:
+    return click.option(
+        "--sequence",
+        metavar="FILE,FILE...",
+        callback=lambda _ctx, _param, value: (
+            tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+        ),
+        help="Exactly these data files of one disk, in this order (virtnbdmap's -f), "
+        "instead of --until.",
+    )(f)
+
+
 def until_option(f: F) -> F:
     return click.option(
         "--until",
@@ -83,6 +95,7 @@ def main() -> None:
     metavar="FILE",
     help="Pre-shared keys, one user:hexkey per line (psktool's format).",
 )
+@sequence_option
 @click.option("--writable", is_flag=True, help="Accept writes into a throwaway overlay (cow).")
 @click.option("--daemon", is_flag=True, help="Return once serving; stop it by its pid file.")
 @click.option("--pidfile", type=click.Path(path_type=Path), help="Pid file (with --daemon).")
@@ -280,6 +293,7 @@ def unboot_command(name: str, uri: str) -> None:
 @click.argument("output", type=click.Path(path_type=Path))
 @disk_option("Disk to copy (needed when the set holds several).")
 @until_option
+@sequence_option
 @click.option("-O", "--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2",
               show_default=True, help="Image format of OUTPUT.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")

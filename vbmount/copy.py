@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vbbackup.engine.copyout import Export, copy_out
+from vbbackup.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -16,11 +17,14 @@ class CopyConfig:
     until: str | None = None
     fmt: str = "qcow2"
     force: bool = False
+    sequence: tuple[str, ...] | None = None
 
 
 def copy_disk(config: CopyConfig) -> None:
+    if config.sequence and config.until:
+        raise UsageError("give --until or --sequence, not both")
     copy_out(
-        Export(config.directory, config.disk, config.until),
+        Export(config.directory, config.disk, config.until, config.sequence),
         config.output,
         config.fmt,
         overwrite=config.force,

@@ -35,6 +35,7 @@ class ServeConfig:
     tls_certificates: Path | None = None
     tls_psk: Path | None = None
     writable: bool = False
+    sequence: tuple[str, ...] | None = None
     daemon: bool = False
     pidfile: Path | None = None
 
@@ -43,6 +44,8 @@ def make_server(config: ServeConfig) -> NbdkitServer:
     """The server for `config`; checks the chain first so errors come as one clean line."""
     if config.socket is not None and config.port is not None:
         raise UsageError("give --socket or --port, not both")
+    if config.sequence and config.until:
+        raise UsageError("give --until or --sequence, not both")
     if config.pidfile is not None and not config.daemon:
         raise UsageError("--pidfile goes with --daemon")
     if config.port is None and (config.listen or config.tls):
@@ -55,14 +58,14 @@ def make_server(config: ServeConfig) -> NbdkitServer:
         if path is not None and not path.exists():
             raise UsageError(f"{path} does not exist")
     tls = Tls(config.tls_certificates, config.tls_psk) if config.tls else None
-    with open_view(config.directory, config.disk, config.until):
+    with open_view(config.directory, config.disk, config.until, config.sequence):
         pass
     workdir = state_root() / f"serve-{os.getpid()}"
     workdir.mkdir(mode=0o755, parents=True, exist_ok=True)
     socket = config.socket
     if socket is None and config.port is None:
         socket = workdir / "nbd.sock"
-    plugin = plugin_args(Export(config.directory, config.disk, config.until))
+    plugin = plugin_args(Export(config.directory, config.disk, config.until, config.sequence))
     if config.daemon:  # nbdkit outlives us: it removes its private directory when it exits
         plugin.append(f"cleanup={workdir}")
     return NbdkitServer(

@@ -53,6 +53,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def is_log(path: Path) -> bool:
+    """restore's own log in OUTDIR (restore.<time>.log)."""
+    return path.name.startswith("restore.") and path.name.endswith(".log")
+
+
 def expected(k: int) -> bytes:
     model = Model(SIZE)
     for step in STEPS[: k + 1]:
@@ -88,7 +93,9 @@ def test_every_point_restores_exactly(backup: Path, tmp_path: Path, fmt: str) ->
         (disk,) = result.disks
         assert disk.image == out / f"vda.{fmt}"
         assert read_image(disk.image, fmt) == expected(k), f"point {k}"
-        assert sorted(p.name for p in out.iterdir()) == [f"vda.{fmt}"]
+        assert sorted(p.name for p in out.iterdir() if not is_log(p)) == [f"vda.{fmt}"]
+        (log,) = [p for p in out.iterdir() if is_log(p)]
+        assert "vda: vda.full.data" in log.read_text() and log.read_text().endswith("done\n")
 
 
 def test_holes_stay_holes(backup: Path, tmp_path: Path) -> None:
@@ -123,7 +130,8 @@ def test_failed_restore_leaves_no_image(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(VbError):
         restore(RestoreConfig(directory, out, fmt="qcow2"))
-    assert list(out.iterdir()) == []
+    (log,) = list(out.iterdir())  # the restore log alone, saying why
+    assert is_log(log) and " ERROR failed: " in log.read_text()
 
 
 def test_unknown_checkpoint_writes_nothing(backup: Path, tmp_path: Path) -> None:

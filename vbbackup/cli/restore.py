@@ -68,6 +68,17 @@ _backup_dir = click.argument(
 )
 @click.option("--preallocate", is_flag=True, help="Reserve the images' whole space (falloc).")
 @click.option(
+    "--sequence",
+    metavar="FILE,FILE...",
+    help="Restore exactly these data files of one disk, in this order "
+    "(virtnbdrestore's -s), instead of --until.",
+)
+@click.option(
+    "--compress",
+    is_flag=True,
+    help="Write the qcow2 image with compressed clusters (qemu-img convert -c).",
+)
+@click.option(
     "--adjust-config",
     is_flag=True,
     help="Write the domain XML rewritten for the restored images (new name, no UUID).",
@@ -106,6 +117,8 @@ def restore_command(
     disks: tuple[str, ...],
     fmt: str | None,
     preallocate: bool,
+    sequence: str | None,
+    compress: bool,
     adjust_config: bool,
     name: str | None,
     define: bool,
@@ -120,6 +133,8 @@ def restore_command(
 ) -> None:
     """Restore the disks of backup set DIR, each written once at its point in time."""
     if live or resume_name:
+        if sequence or compress:
+            raise UsageError("--sequence and --compress do not go with --live")
         _live(directory, output, until, disks, fmt, preallocate, force, name, resume_name,
               restart, bandwidth, as_json, uri, no_progress)  # fmt: skip
         return
@@ -127,9 +142,9 @@ def restore_command(
         raise UsageError("--json, --bandwidth and --restart go with --live")
     if directory is None or output is None:
         raise UsageError("give the backup directory DIR and the output directory -o OUTDIR")
-    config = RestoreConfig(
-        directory, output, until, disks, fmt, preallocate, adjust_config, name, define, uri, force
-    )
+    files = tuple(f.strip() for f in sequence.split(",") if f.strip()) if sequence else ()
+    config = RestoreConfig(directory, output, until, disks, fmt, preallocate, adjust_config,
+                           name, define, uri, force, files, compress)  # fmt: skip
     the_plan = plan(config)
     for disk_plan in the_plan.disks:
         if disk_plan.warning:

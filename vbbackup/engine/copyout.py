@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vbbackup.chain import BackupSet
-from vbbackup.errors import TargetExistsError, VbError
+from vbbackup.errors import TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_path
 from vbbackup.nbdio.server import PLUGIN, Export, NbdkitServer, plugin_args  # noqa: F401
 
@@ -61,6 +61,7 @@ def copy_out(
     *,
     overwrite: bool = False,
     preallocation: str | None = None,
+    compress: bool = False,
 ) -> None:
     """Write `export` to the new image `output` (format `fmt`), sparse and atomically.
 
@@ -68,11 +69,13 @@ def copy_out(
     """
     if fmt not in FORMATS:
         raise VbError(f"unsupported image format {fmt!r} (use qcow2 or raw)")
+    if compress and fmt != "qcow2":
+        raise UsageError("--compress writes qcow2's compressed clusters: a qcow2 output only")
     output = Path(output)
     if output.exists() and not overwrite:
         raise TargetExistsError(f"{output} already exists; refusing to overwrite it (--force)")
     backup = BackupSet(export.directory)
-    point = backup.resolve(export.disk, export.until)
+    point = backup.resolve(export.disk, export.until, export.files)
     options = qcow2_options(backup.qemu_info(point)) if fmt == "qcow2" else ""
     if preallocation:
         options = ",".join(filter(None, [options, f"preallocation={preallocation}"]))
@@ -84,7 +87,8 @@ def copy_out(
         # -W (writes out of order) for raw only: 10-30% faster here, but in a
         # qcow2 it would allocate clusters out of the disk's order.
         order = ["-W"] if fmt == "raw" else []
-        exported = Export(export.directory, point.disk, export.until)
+        exported = Export(export.directory, point.disk or export.disk, export.until,
+                          export.files)  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="vbbackup-copy-") as work:
             workdir = Path(work)
             # Both helpers are our children and die with us, even on SIGKILL: nbdkit by
@@ -93,6 +97,8 @@ def copy_out(
             server = NbdkitServer(plugin_args(exported), socket=workdir / "nbd.sock",
                                   workdir=workdir, tied=True)  # fmt: skip
             with server:
+                if compress:
+                    order.append("-c")
                 convert = ["setpriv", "--pdeathsig", "KILL", "qemu-img", "convert", *order,
                            "-n", "--target-is-zero", "-f", "raw", "-O", fmt, server.uri,
                            str(tmp)]  # fmt: skip

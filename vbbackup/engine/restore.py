@@ -15,12 +15,15 @@ write::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import libvirt
@@ -33,6 +36,8 @@ from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageEr
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
 from vbbackup.virt import domainxml
 from vbbackup.virt.connection import error_text, libvirt_connection
+
+log = logging.getLogger("vbbackup.restore")
 
 # (disk being written, its bytes written so far); called from a helper thread
 Progress = Callable[["DiskPlan", int], None]
@@ -51,6 +56,8 @@ class RestoreConfig:
     define: bool = False
     uri: str = "qemu:///system"
     force: bool = False
+    sequence: tuple[str, ...] = ()  # explicit data files of one disk, in order (--sequence)
+    compress: bool = False  # qcow2 compressed clusters
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class DiskPlan:
     fmt: str
     data_bytes: int
     warning: str | None = None  # its data cannot be checked as it is read (no .sums)
+    files: tuple[str, ...] | None = None  # --sequence
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,20 @@ def plan(config: RestoreConfig) -> Plan:
         raise UsageError(f"unsupported image format {config.fmt!r} (use qcow2 or raw)")
     backup = BackupSet(config.directory)
     names = config.disks or backup.disks
-    points = {disk: _point(backup, disk, config.until) for disk in names}
+    files = config.sequence or None
+    if files is not None:
+        if config.until is not None or len(config.disks) > 1:
+            raise UsageError("--sequence names one disk's files in order: no --until, one --disk")
+        point = backup.resolve(None, None, files)
+        disk = point.disk or point.meta.disk_name
+        if config.disks and config.disks[0] != disk:
+            raise UsageError(f"--sequence holds files of {disk}, not of {config.disks[0]}")
+        names = (disk,)
+        points: dict[str, tuple[PointInTime, str | None]] = {disk: (point, None)}
+    else:
+        points = {disk: _point(backup, disk, config.until) for disk in names}
+    if config.compress and config.fmt == "raw":
+        raise UsageError("--compress writes qcow2's compressed clusters: not with --format raw")
     # the point that names the side files: a chain's, unless every disk is a copy
     main = next((p for p, u in points.values() if u != COPY), next(iter(points.values()))[0])
     xml_path = _saved_xml(backup, main)
@@ -114,13 +135,13 @@ def plan(config: RestoreConfig) -> Plan:
     disks = []
     taken: set[str] = set()
     for disk, (point, until) in points.items():
-        fmt = config.fmt or _backup_format(point, saved.get(disk))
+        fmt = config.fmt or ("qcow2" if config.compress else _backup_format(point, saved.get(disk)))
         image = output / _image_name(disk, fmt, saved.get(disk), taken)
         taken.add(image.name)
-        with open_view(backup.directory, disk, until) as view:
+        with open_view(backup.directory, disk, until, files) as view:
             data = sum(n for _, n, zero in view.extents(0, view.size) if not zero)
             warning = view.unchecked_warning()
-        disks.append(DiskPlan(disk, point, until, image, fmt, data, warning))
+        disks.append(DiskPlan(disk, point, until, image, fmt, data, warning, files))
     domain = domainxml.domain_name(tree) if tree is not None else ""
     adjust = config.adjust_config or config.define
     if adjust and tree is None:
@@ -150,26 +171,65 @@ def restore(
     """Write every planned image, boot file and the domain XML; define it if asked."""
     output = Path(config.output)
     with directory_lock(output, "restoring into it"):
-        return _restore(config, restore_plan or plan(config), progress)
+        the_plan = restore_plan or plan(config)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise VbError(f"cannot create restore directory {output}: {err.strerror}") from None
+        with _restore_log(output):
+            log.info("vbbackup restore of %s into %s", config.directory, output)
+            return _restore(config, the_plan, progress)
+
+
+@contextlib.contextmanager
+def _restore_log(output: Path) -> Iterator[None]:
+    """``restore.<time>.log`` in OUTDIR: what was restored from where (virtnbdrestore -L)."""
+    stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
+    path = output / f"restore.{stamp}.log"
+    n = 1
+    while path.exists():
+        path, n = output / f"restore.{stamp}.{n}.log", n + 1
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as err:
+        raise VbError(f"cannot write the restore log {path}: {err.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("vbbackup")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+        log.info("done")
+    except BaseException as err:
+        log.error("failed: %s", err)
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.flush()
+        if handler.stream is not None:
+            os.fsync(handler.stream.fileno())
+        handler.close()
 
 
 def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -> RestoreResult:
-    output = Path(config.output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise VbError(f"cannot create restore directory {output}: {err.strerror}") from None
     result = RestoreResult()
     for disk in the_plan.disks:
         started = time.monotonic()
         with _PartialWatcher(disk, progress, poll=not config.preallocate):
             copy_out(
-                Export(Path(config.directory), disk.disk, disk.until),
+                Export(Path(config.directory), disk.disk, disk.until, disk.files),
                 disk.image,
                 disk.fmt,
                 overwrite=config.force,
                 preallocation="falloc" if config.preallocate else None,
+                compress=config.compress,
             )
+        log.info("%s: %s -> %s (%s%s), %d data bytes, %.1f s", disk.disk,
+                 ",".join(f.path.name for f in disk.point.files), disk.image, disk.fmt,
+                 ", compressed" if config.compress else "", disk.data_bytes,
+                 time.monotonic() - started)  # fmt: skip
         result.disks.append(
             RestoredDisk(
                 disk=disk.disk,
@@ -182,12 +242,15 @@ def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -
             )
         )
     result.boot_files += copy_boot_files(the_plan, config.force)
+    for path in result.boot_files:
+        log.info("boot file: %s", path)
     if the_plan.xml_path is not None and the_plan.config_out is not None:
         if config.adjust_config or config.define:
             xml = _adjusted_xml(config, the_plan)
             write_small_file(the_plan.config_out, xml, overwrite=config.force)
             if config.define:
                 result.defined = _define(config.uri, xml)
+                log.info("defined domain %s", result.defined)
         else:
             _copy_file(the_plan.xml_path, the_plan.config_out, config.force)
         result.config = the_plan.config_out

@@ -48,6 +48,7 @@ class Export:
     directory: Path
     disk: str | None = None
     until: str | None = None
+    files: tuple[str, ...] | None = None  # an explicit sequence (virtnbdrestore's -s)
 
 
 def plugin_args(export: Export) -> list[str]:
@@ -60,6 +61,8 @@ def plugin_args(export: Export) -> list[str]:
         args.append(f"disk={export.disk}")
     if export.until is not None:
         args.append(f"until={export.until}")
+    if export.files is not None:
+        args.append(f"file={','.join(export.files)}")
     return args
 
 
