@@ -21,6 +21,7 @@ PACKAGES=(
     python3-tqdm python3-paramiko  # virtnbdbackup 2.47 (the anchor), beside Debian's 1.9.15
     debootstrap extlinux syslinux-common  # the test suite's real guest (tests/harness/build_guest.sh)
     libguestfs-tools python3-guestfs linux-image-amd64  # verify --fsck; the appliance's kernel
+    swtpm swtpm-tools  # a vTPM domain in the tests (backup warns that its state is not saved)
 )
 
 log() { echo "setup: $*" >&2; }

@@ -93,6 +93,13 @@ def test_a_backup_while_the_guest_writes_is_frozen_and_thawed(
     assert freeze_status(real_guest) == "thawed"
     before = int(real_guest.sh("wc -l < /data/writer.log"))
     assert int(real_guest.sh("sleep 1; wc -l < /data/writer.log")) > before  # still writing
+    # the guest's OS as its agent said it, beside the backup and in info
+    state = json.loads((guest_set.directory / f"domain.{guest_set.points[0]}.json").read_text())
+    assert state["guest_os"]["id"] == "debian" and state["guest_os"]["version-id"] == "12"
+    kernel = real_guest.sh("uname -r").strip()
+    code, text, err = run("info", str(guest_set.directory))
+    assert code == 0, err
+    assert f"guest: Debian GNU/Linux 12 (bookworm), kernel {kernel}; autostart off" in text
 
     data = tmp_path / "vdb.raw"
     code, _, err = vbmount("copy", str(guest_set.directory), str(data), "--disk", "vdb",

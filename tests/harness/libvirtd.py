@@ -80,6 +80,7 @@ class Capabilities:
     dev_nbd: bool
     guest_build: bool  # debootstrap + extlinux: tests/harness/build_guest.sh
     guestfs: bool  # python3-guestfs (libguestfs)
+    swtpm: bool  # a vTPM (libvirt starts swtpm for <tpm><backend type='emulator'>)
 
     def missing(self, *names: str) -> list[str]:
         return [name for name in names if not getattr(self, name)]
@@ -127,4 +128,5 @@ def capabilities() -> Capabilities:
         and shutil.which("extlinux") is not None
         and os.path.exists("/usr/lib/syslinux/mbr/mbr.bin"),
         guestfs=_importable("guestfs"),
+        swtpm=shutil.which("swtpm") is not None and shutil.which("swtpm_setup") is not None,
     )

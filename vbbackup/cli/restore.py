@@ -166,6 +166,8 @@ def restore_command(
         click.echo(f"domain XML: {result.config}")
     if result.defined:
         click.echo(f"defined domain: {result.defined}")
+    if result.autostart:
+        click.echo(f"autostart: on, as the domain had it at backup time ({result.defined})")
 
 
 def _live(

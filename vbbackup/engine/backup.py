@@ -80,7 +80,7 @@ from vbbackup.virt import (
     libvirt_connection,
     lookup_domain,
 )
-from vbbackup.virt.agent import consistency_line
+from vbbackup.virt.agent import consistency_line, guest_os
 from vbbackup.virt.bootfiles import save_boot_files
 from vbbackup.virt.checkpoints import (
     chain_of,
@@ -90,6 +90,7 @@ from vbbackup.virt.checkpoints import (
     identity_mismatch,
     new_chain_id,
 )
+from vbbackup.virt.domainxml import emulated_tpms
 from vbbackup.virt.job import end_stale_job
 from vbbackup.virt.remote import ssh_prefix
 
@@ -128,6 +129,7 @@ class _Run:
     level: str  # _open_output
     domain_xml: str  # _inspect_domain: the running domain's, disks and boot files come from it
     saved_xml: str  # _inspect_domain: saved as vmconfig.<ident>.xml
+    domain_state: dict[str, Any]  # _inspect_domain: saved as domain.<ident>.json
     all_disks: list[DomainDisk]
     chosen: list[DomainDisk]
     skipped: dict[str, str]
@@ -216,6 +218,7 @@ class _Run:
             dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if dom.isPersistent() else self.domain_xml
         )
         self.all_disks = domain_disks(self.domain_xml)
+        self.domain_state = self._domain_state()
         self.chosen, self.skipped = select_disks(self.all_disks, self.config, self.level)
         for target, why in self.skipped.items():
             if why in USER_SKIPS or "drives are never" in why:
@@ -313,11 +316,28 @@ class _Run:
         except VbError as err:  # the run's own error matters more; the next run retries
             log.warning("could not undo the unfinished run: %s", err)
 
+    def _domain_state(self) -> dict[str, Any]:
+        """What restore and info want beside the XML: autostart, the guest's OS (agent)."""
+        tpms = emulated_tpms(self.domain_xml)
+        if tpms:
+            self.reporter.warn(
+                f"{self.dom.name()} has a vTPM ({', '.join(tpms)}, swtpm): its state is not "
+                "in the backup; a guest that keeps keys in it (BitLocker, LUKS bound to the "
+                "TPM) may not boot from a restore without it"
+            )
+        try:
+            autostart = bool(self.dom.autostart())
+        except libvirt.libvirtError:
+            autostart = False  # a transient domain has no autostart
+        return {"autostart": autostart, "guest_os": guest_os(self.dom, self.domain_xml),
+                "vtpm": tpms}  # fmt: skip
+
     def _save_side_files(self, ident: str, new_cp: str | None) -> None:
         """Checkpoint XML, domain XML, boot files and ``qemu-img info`` beside the streams."""
         if new_cp:
             self.out.save_checkpoint_xml(new_cp, self.cps.dump(new_cp))
         self.out.save_consistency(ident, self.consistency)
+        self.out.save_domain_state(ident, self.domain_state)
         self.out.save_vmconfig(ident, self.saved_xml)
         boot_ident = None if self.level == COPY else ident
         save_boot_files(self.domain_xml, self.out.path, boot_ident, self.ssh)

@@ -132,6 +132,10 @@ class BackupDir:
         """``consistency.<ident>.json``: frozen by the guest agent (where, thawed) or why not."""
         write_small_file(self.path / f"consistency.{ident}.json", json.dumps(record).encode())
 
+    def save_domain_state(self, ident: str, state: dict[str, Any]) -> None:
+        """``domain.<ident>.json``: autostart, the guest's OS as its agent said, vTPMs."""
+        write_small_file(self.path / f"domain.{ident}.json", json.dumps(state).encode())
+
     def save_vmconfig(self, ident: str, xml: str) -> None:
         write_small_file(self.path / f"vmconfig.{ident}.xml", xml.encode())
 

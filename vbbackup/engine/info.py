@@ -60,18 +60,35 @@ def _chain(found: Survey) -> list[dict[str, Any]]:
         if point["level"] is None:
             point["level"] = "merged"  # consolidated into the full that follows
     for point in points.values():
-        point["consistency"] = _consistency(found.directory, point["name"])
+        point["consistency"] = _side_record(found.directory, "consistency", point["name"])
+        point["domain_state"] = _side_record(found.directory, "domain", point["name"])
     return list(points.values())
 
 
-def _consistency(directory: Path, name: str) -> dict[str, Any] | None:
-    """What the backup of a point recorded of the guest's file systems (None: not recorded)."""
+def _side_record(directory: Path, kind: str, name: str) -> dict[str, Any] | None:
+    """A JSON side file of a point: ``consistency`` (the guest's file systems) or ``domain``
+    (autostart, guest OS, vTPMs); None when the backup did not record it."""
     ident = name[len("diff.") :] if name.startswith("diff.") else name
     try:
-        record = json.loads((directory / f"consistency.{ident}.json").read_text())
+        record = json.loads((directory / f"{kind}.{ident}.json").read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def domain_state_line(state: dict[str, Any]) -> str:
+    """One line of what the backup saw of the domain: its guest OS and autostart."""
+    os_info = state.get("guest_os") or {}
+    guest = " ".join(str(os_info[k]) for k in ("pretty-name",) if os_info.get(k)) or " ".join(
+        str(os_info[k]) for k in ("name", "version") if os_info.get(k)
+    )
+    if os_info.get("kernel-release"):
+        guest += f", kernel {os_info['kernel-release']}"
+    parts = [f"guest: {guest or 'unknown (no guest agent)'}"]
+    parts.append(f"autostart {'on' if state.get('autostart') else 'off'}")
+    if state.get("vtpm"):
+        parts.append("vTPM state not saved")
+    return "; ".join(parts)
 
 
 def _boot_files(directory: Path) -> list[dict[str, str]]:
@@ -141,6 +158,8 @@ def render(report: dict[str, Any]) -> str:
         record = point.get("consistency")
         if record:  # sets made by virtnbdbackup record nothing
             lines.append(f"  {'':<24} {consistency_line(record)}")
+        if point.get("domain_state"):
+            lines.append(f"  {'':<24} {domain_state_line(point['domain_state'])}")
     header = ("file", "level", "virtual", "data", "file size", "compression", "chksum", "sums")
     for disk, backups in report["disks"].items():
         lines += ["", f"Disk {disk}:"]

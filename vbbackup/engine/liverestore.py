@@ -37,7 +37,7 @@ import libvirt
 
 from vbbackup.chain import open_view
 from vbbackup.engine.lock import directory_lock
-from vbbackup.engine.restore import Plan, RestoreConfig, copy_boot_files, plan
+from vbbackup.engine.restore import Plan, RestoreConfig, copy_boot_files, plan, saved_autostart
 from vbbackup.errors import (
     BackupInterrupted,
     LibvirtError,
@@ -298,6 +298,8 @@ def _set_up(conn: libvirt.virConnect, the_plan: Plan, state: LiveState) -> libvi
             created.append(config_out)
         dom = _call(lambda: conn.defineXML(xml.decode()), f"defining {state.name}")
         state.save()
+        if the_plan.xml_path is not None and saved_autostart(the_plan.xml_path):
+            _call(lambda: dom.setAutostart(1), f"setting autostart of {state.name}")
         _start(dom, conn)
         return dom
     except BaseException:

@@ -16,6 +16,7 @@ write::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -89,6 +90,7 @@ class RestoreResult:
     boot_files: list[Path] = field(default_factory=list)
     config: Path | None = None
     defined: str | None = None
+    autostart: bool = False  # --define: set, as the domain had it at backup time
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,10 @@ def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -
             if config.define:
                 result.defined = _define(config.uri, xml)
                 log.info("defined domain %s", result.defined)
+                if saved_autostart(the_plan.xml_path):
+                    _set_autostart(config.uri, result.defined)
+                    result.autostart = True
+                    log.info("autostart on, as %s had it", the_plan.domain)
         else:
             _copy_file(the_plan.xml_path, the_plan.config_out, config.force)
         result.config = the_plan.config_out
@@ -372,6 +378,24 @@ def _adjusted_xml(config: RestoreConfig, the_plan: Plan) -> bytes:
     boot = {element: target.resolve() for element, (_, target) in the_plan.boot.items()}
     name = config.name or f"restore_{the_plan.domain}"
     return domainxml.adjust(tree, name, images, boot, config.output.resolve())
+
+
+def saved_autostart(xml_path: Path) -> bool:
+    """``domain.<ident>.json`` beside ``vmconfig.<ident>.xml`` says autostart was on."""
+    ident = xml_path.name.removeprefix("vmconfig.").removesuffix(".xml")
+    try:
+        state = json.loads((xml_path.parent / f"domain.{ident}.json").read_text())
+    except (OSError, ValueError):
+        return False  # not recorded (a virtnbdbackup set, an older vbbackup)
+    return isinstance(state, dict) and state.get("autostart") is True
+
+
+def _set_autostart(uri: str, name: str) -> None:
+    with libvirt_connection(uri) as conn:
+        try:
+            conn.lookupByName(name).setAutostart(1)
+        except libvirt.libvirtError as err:
+            raise LibvirtError(f"{name}: setting autostart failed: {error_text(err)}") from None
 
 
 def _define(uri: str, xml: bytes) -> str:

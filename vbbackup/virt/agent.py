@@ -24,6 +24,7 @@ import libvirt
 import libvirt_qemu
 
 from vbbackup.errors import LibvirtError
+from vbbackup.virt.domainxml import agent_connected
 
 
 class GuestFreeze:
@@ -160,3 +161,17 @@ def guest_exec(
         if time.monotonic() > deadline:
             raise LibvirtError(f"{dom.name()}: {' '.join(argv)} did not end within {timeout:.0f} s")
         time.sleep(0.1)
+
+
+def guest_os(dom: libvirt.virDomain, live_xml: str) -> dict[str, str] | None:
+    """The guest's OS as its agent reports it (guest-get-osinfo: id, name, version,
+    kernel); None when no agent is connected or it cannot say. Never blocks on a guest
+    without an agent: asked only when libvirt sees the agent connected."""
+    if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING or not agent_connected(live_xml):
+        return None
+    try:
+        info = dom.guestInfo(libvirt.VIR_DOMAIN_GUEST_INFO_OS, 0)
+    except libvirt.libvirtError:
+        return None
+    found = {k.removeprefix("os."): str(v) for k, v in info.items() if k.startswith("os.")}
+    return found or None

@@ -338,3 +338,25 @@ def disk_sources(xml: str) -> dict[str, str]:
             where = source.get("file") or source.get("dev") or source.get("name") or ""
         found[str(target.get("dev"))] = where
     return found
+
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+
+def agent_connected(live_xml: str) -> bool:
+    """The running domain's guest agent channel says a guest agent is connected."""
+    root = etree.fromstring(live_xml.encode())
+    for target in root.findall("devices/channel/target"):
+        if target.get("name") == AGENT_CHANNEL and target.get("state") == "connected":
+            return True
+    return False
+
+
+def emulated_tpms(xml: str) -> list[str]:
+    """Models of the domain's swtpm-backed vTPMs (``<tpm><backend type='emulator'>``)."""
+    root = etree.fromstring(xml.encode())
+    return [
+        str(tpm.get("model") or "tpm")
+        for tpm in root.findall("devices/tpm")
+        if (backend := tpm.find("backend")) is not None and backend.get("type") == "emulator"
+    ]
