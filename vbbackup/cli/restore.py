@@ -73,6 +73,9 @@ _backup_dir = click.argument(
     help="Restore exactly these data files of one disk, in this order "
     "(virtnbdrestore's -s), instead of --until.",
 )
+@click.option("--target", "targets", multiple=True, metavar="DISK=DEVICE",
+              help="Write DISK over this existing block device (raw LV, partition; at least "
+              "the disk's size) instead of an image in -o (repeat).")  # fmt: skip
 @click.option(
     "--compress",
     is_flag=True,
@@ -118,6 +121,7 @@ def restore_command(
     fmt: str | None,
     preallocate: bool,
     sequence: str | None,
+    targets: tuple[str, ...],
     compress: bool,
     adjust_config: bool,
     name: str | None,
@@ -133,8 +137,8 @@ def restore_command(
 ) -> None:
     """Restore the disks of backup set DIR, each written once at its point in time."""
     if live or resume_name:
-        if sequence or compress:
-            raise UsageError("--sequence and --compress do not go with --live")
+        if sequence or compress or targets:
+            raise UsageError("--sequence, --target and --compress do not go with --live")
         _live(directory, output, until, disks, fmt, preallocate, force, name, resume_name,
               restart, bandwidth, as_json, uri, no_progress)  # fmt: skip
         return
@@ -144,7 +148,8 @@ def restore_command(
         raise UsageError("give the backup directory DIR and the output directory -o OUTDIR")
     files = tuple(f.strip() for f in sequence.split(",") if f.strip()) if sequence else ()
     config = RestoreConfig(directory, output, until, disks, fmt, preallocate, adjust_config,
-                           name, define, uri, force, files, compress)  # fmt: skip
+                           name, define, uri, force, files, compress,
+                           _device_targets(targets))  # fmt: skip
     the_plan = plan(config)
     for disk_plan in the_plan.disks:
         if disk_plan.warning:
@@ -168,6 +173,16 @@ def restore_command(
         click.echo(f"defined domain: {result.defined}")
     if result.autostart:
         click.echo(f"autostart: on, as the domain had it at backup time ({result.defined})")
+
+
+def _device_targets(values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    pairs = []
+    for value in values:
+        disk, sep, device = value.partition("=")
+        if not sep or not disk or not device:
+            raise UsageError(f"--target {value!r}: give DISK=DEVICE, e.g. vda=/dev/vg0/web01")
+        pairs.append((disk, Path(device)))
+    return tuple(pairs)
 
 
 def _live(

@@ -14,6 +14,8 @@ is created first with ``qemu-img create`` (qcow2 options from the set's
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -109,6 +111,64 @@ def copy_out(
                     if refused:  # the plugin's own line names the damaged file and offset
                         raise VbError(refused) from None
                     raise
+
+
+def copy_to_device(export: Export, device: Path) -> None:
+    """Write `export` over an existing block device (``restore --target vda=/dev/...``): raw,
+    every byte of the disk, holes as zeroes (qemu-img writes zeroes or discards as the device
+    allows), flushed before it returns. The device must not be in use and at least the disk's
+    virtual size; what lies beyond is left alone."""
+    backup = BackupSet(export.directory)
+    point = backup.resolve(export.disk, export.until, export.files)
+    check_device(device, point.virtual_size)
+    exported = Export(export.directory, point.disk or export.disk, export.until, export.files)
+    with tempfile.TemporaryDirectory(prefix="vbbackup-copy-") as work:
+        workdir = Path(work)
+        server = NbdkitServer(plugin_args(exported), socket=workdir / "nbd.sock",
+                              workdir=workdir, tied=True)  # fmt: skip
+        with server:
+            # the export is as long as the disk, so qemu-img writes [0, virtual size) only
+            convert = ["setpriv", "--pdeathsig", "KILL", "qemu-img", "convert", "-n", "-W",
+                       "-f", "raw", "-O", "raw", server.uri, str(device)]  # fmt: skip
+            try:
+                _run(convert)
+            except VbError:
+                refused = _plugin_error(server.log)
+                if refused:
+                    raise VbError(refused) from None
+                raise
+    fd = os.open(device, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_device(device: Path, size: int) -> None:
+    """A block device, not in use (O_EXCL: not mounted, not an LVM PV or dm member), big
+    enough for a disk of ``size`` bytes."""
+    try:
+        mode = os.stat(device).st_mode
+    except OSError as err:
+        raise UsageError(f"--target {device}: {err.strerror}") from None
+    if not stat.S_ISBLK(mode):
+        raise UsageError(f"--target {device} is not a block device (give -o for image files)")
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_EXCL)
+    except OSError as err:
+        raise TargetExistsError(
+            f"--target {device} is in use ({err.strerror}): mounted, or a member of a "
+            "volume group or device-mapper table"
+        ) from None
+    try:
+        available = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    if available < size:
+        raise UsageError(
+            f"--target {device} holds {available} bytes, the disk needs {size}: a device at "
+            "least the disk's virtual size"
+        )
 
 
 def _plugin_error(log: Path) -> str | None:

@@ -31,7 +31,7 @@ import libvirt
 from lxml import etree
 
 from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
-from vbbackup.engine.copyout import FORMATS, Export, copy_out
+from vbbackup.engine.copyout import FORMATS, Export, check_device, copy_out, copy_to_device
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_output, partial_path, write_small_file
@@ -59,6 +59,7 @@ class RestoreConfig:
     force: bool = False
     sequence: tuple[str, ...] = ()  # explicit data files of one disk, in order (--sequence)
     compress: bool = False  # qcow2 compressed clusters
+    targets: tuple[tuple[str, Path], ...] = ()  # --target vda=/dev/vg0/web01: onto a device
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class DiskPlan:
     data_bytes: int
     warning: str | None = None  # its data cannot be checked as it is read (no .sums)
     files: tuple[str, ...] | None = None  # --sequence
+    device: bool = False  # written over an existing block device (--target)
 
 
 @dataclass(frozen=True)
@@ -136,14 +138,26 @@ def plan(config: RestoreConfig) -> Plan:
     output = Path(config.output)
     disks = []
     taken: set[str] = set()
+    devices = dict(config.targets)
+    for target in devices:
+        if target not in points:
+            raise UsageError(f"--target {target}: no such disk in this restore "
+                             f"({', '.join(points)})")  # fmt: skip
     for disk, (point, until) in points.items():
-        fmt = config.fmt or ("qcow2" if config.compress else _backup_format(point, saved.get(disk)))
-        image = output / _image_name(disk, fmt, saved.get(disk), taken)
-        taken.add(image.name)
+        if disk in devices:
+            check_device(devices[disk], point.virtual_size)
+            image, fmt = devices[disk], "raw"
+        else:
+            fmt = config.fmt or (
+                "qcow2" if config.compress else _backup_format(point, saved.get(disk))
+            )
+            image = output / _image_name(disk, fmt, saved.get(disk), taken)
+            taken.add(image.name)
         with open_view(backup.directory, disk, until, files) as view:
             data = sum(n for _, n, zero in view.extents(0, view.size) if not zero)
             warning = view.unchecked_warning()
-        disks.append(DiskPlan(disk, point, until, image, fmt, data, warning, files))
+        disks.append(DiskPlan(disk, point, until, image, fmt, data, warning, files,
+                              device=disk in devices))  # fmt: skip
     domain = domainxml.domain_name(tree) if tree is not None else ""
     adjust = config.adjust_config or config.define
     if adjust and tree is None:
@@ -219,15 +233,21 @@ def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -
     result = RestoreResult()
     for disk in the_plan.disks:
         started = time.monotonic()
-        with _PartialWatcher(disk, progress, poll=not config.preallocate):
-            copy_out(
-                Export(Path(config.directory), disk.disk, disk.until, disk.files),
-                disk.image,
-                disk.fmt,
-                overwrite=config.force,
-                preallocation="falloc" if config.preallocate else None,
-                compress=config.compress,
-            )
+        if disk.device:
+            copy_to_device(Export(Path(config.directory), disk.disk, disk.until, disk.files),
+                           disk.image)  # fmt: skip
+            if progress is not None:
+                progress(disk, disk.data_bytes)
+        else:
+            with _PartialWatcher(disk, progress, poll=not config.preallocate):
+                copy_out(
+                    Export(Path(config.directory), disk.disk, disk.until, disk.files),
+                    disk.image,
+                    disk.fmt,
+                    overwrite=config.force,
+                    preallocation="falloc" if config.preallocate else None,
+                    compress=config.compress,
+                )
         log.info("%s: %s -> %s (%s%s), %d data bytes, %.1f s", disk.disk,
                  ",".join(f.path.name for f in disk.point.files), disk.image, disk.fmt,
                  ", compressed" if config.compress else "", disk.data_bytes,
@@ -329,7 +349,9 @@ def _refuse_existing(the_plan: Plan) -> None:
 
 
 def _targets(the_plan: Plan) -> list[Path]:
-    targets = [d.image for d in the_plan.disks] + [t for _, t in the_plan.boot.values()]
+    """Files restore creates (a --target device is written over, by request)."""
+    targets = [d.image for d in the_plan.disks if not d.device]
+    targets += [t for _, t in the_plan.boot.values()]
     if the_plan.config_out is not None:
         targets.append(the_plan.config_out)
     return targets

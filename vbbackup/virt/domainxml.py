@@ -27,6 +27,8 @@ are per domain, and the XML of a running domain names the original's::
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,14 +238,19 @@ def _renamed_copy(tree: etree._ElementTree | etree._Element, name: str) -> etree
 
 
 def _point_disk_at(disk: etree._Element, path: Path, fmt: str) -> None:
-    disk.set("type", "file")
+    """A file image, or a block device (``restore --target vda=/dev/...``)."""
+    try:
+        block = stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        block = False
+    disk.set("type", "block" if block else "file")
     for child in disk.findall("backingStore") + disk.findall("source"):
         disk.remove(child)
     driver = disk.find("driver")
     if driver is None:
         driver = etree.SubElement(disk, "driver", name="qemu")
     driver.set("type", fmt)
-    source = etree.Element("source", file=str(path))
+    source = etree.Element("source", {"dev" if block else "file": str(path)})
     source.tail = driver.tail
     driver.addnext(source)
 
