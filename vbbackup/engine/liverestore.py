@@ -62,6 +62,7 @@ from vbbackup.virt.job import signals_raise
 WORK_ROOT = Path("/var/tmp")
 STATE_NAME = ".vbbackup-live.json"
 POLL = 0.25
+JOB_GRACE = 10.0  # seconds a finished job may take to show in the domain XML
 T = TypeVar("T")
 
 # (disk target, bytes copied, bytes to copy); called from the monitoring loop
@@ -477,6 +478,7 @@ def _pull_all(
                 )
         except libvirt.libvirtError as err:
             raise LibvirtError(f"{target}: starting its block pull: {error_text(err)}") from None
+    gone: dict[str, float] = {}  # job no longer listed, disk still backed: since when
     while pending:
         time.sleep(POLL)
         backed = domainxml.backed_targets(dom.XMLDesc(0))
@@ -487,6 +489,11 @@ def _pull_all(
                     progress(target, int(info["cur"]), int(info["end"]))
                 continue
             if target in backed:
+                # a job QEMU has finished is gone a moment before libvirt drops the backing
+                # from the disk's XML (it does so when it handles the job's event)
+                since = gone.setdefault(target, time.monotonic())
+                if time.monotonic() - since < JOB_GRACE:
+                    continue
                 raise _pull_failed(state, disk)
             if progress is not None:
                 progress(target, 1, 1)

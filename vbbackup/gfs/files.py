@@ -120,13 +120,29 @@ def _disk(point: OpenPoint, device: str) -> str:
     disk = point.disk_of(device)
     if disk or not device.startswith("/dev/") or device.count("/") != 3:
         return disk
-    try:  # lvs' devices column (libguestfs' lvs_full has no such field): /dev/sda2(0),...
-        out = str(point.g.debug("sh", [f"lvm lvs --noheadings -o devices {device}"]))
-    except RuntimeError:
-        return ""
+    out = _lv_devices(point.g, device)
     pvs = {part.split("(")[0].strip() for line in out.splitlines() for part in line.split(",")}
     disks = {point.disk_of(point.g.canonical_device_name(pv)) for pv in pvs if pv}
     return "+".join(sorted(d for d in disks if d))
+
+
+# lvm in the appliance, without waiting for udev: under load (TCG, a busy CI machine) lvm
+# may give up on a device udev has not initialized yet and report no segments for an LV
+LVM_CONFIG = 'devices { obtain_device_list_from_udev = 0 external_device_info_source = "none" }'
+
+
+def _lv_devices(g: Any, lv: str, attempts: int = 3) -> str:
+    """lvs' devices column of one LV (libguestfs' lvs_full has no such field):
+    ``/dev/sda2(0),/dev/sdb1(0)``; "" when lvm cannot say."""
+    command = f"lvm lvs --config '{LVM_CONFIG}' --noheadings -o devices {lv}"
+    for _ in range(attempts):
+        try:
+            out = str(g.debug("sh", [command]))
+        except RuntimeError:
+            continue
+        if "/dev/" in out:
+            return out
+    return ""
 
 
 def inspect(point: OpenPoint) -> list[Inspection]:
