@@ -9,6 +9,7 @@ looks finished.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import zlib
 from collections.abc import Iterator
@@ -143,3 +144,34 @@ def write_stream_checks(data_path: Path | str, writer: StreamWriter) -> None:
     """A finished stream's ``.chksum`` (whole file) and ``.sums`` (every piece, the layout)."""
     write_checksum(data_path, writer.checksum)
     write_sums(data_path, writer.sums(Path(data_path).name), overwrite=True)
+
+
+@contextlib.contextmanager
+def run_log(path: Path, what: str, done: str | None = None) -> Iterator[None]:
+    """A run's own log beside what it writes (backup.<level>.<time>.log, restore.<time>.log):
+    every record of the ``vbbackup`` loggers while inside, at INFO; the error that ends the
+    block as its last line (else ``done``); fsync'ed before the block is left."""
+    try:
+        handler = logging.FileHandler(path)
+    except OSError as err:
+        raise VbError(f"cannot write the {what} {path}: {err.strerror}") from None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("vbbackup")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    run = logging.getLogger("vbbackup.run")
+    try:
+        yield
+        if done:
+            run.info(done)
+    except BaseException as err:
+        run.error("failed: %s", err)
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.flush()
+        if handler.stream is not None:
+            os.fsync(handler.stream.fileno())
+        handler.close()

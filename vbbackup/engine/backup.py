@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -70,6 +69,7 @@ from vbbackup.errors import (
     UsageError,
     VbError,
 )
+from vbbackup.fsutil import run_log
 from vbbackup.virt import (
     BackupJob,
     Checkpoints,
@@ -361,25 +361,10 @@ class _Run:
         )
 
 
-@contextmanager
-def _run_log(out: BackupDir, level: str) -> Iterator[None]:
+def _run_log(out: BackupDir, level: str) -> AbstractContextManager[None]:
     """``backup.<level>.<time>.log`` in the output directory: the run's own log."""
     stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
-    handler = logging.FileHandler(out.log_path(level, stamp))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("vbbackup")
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    try:
-        yield
-    except BaseException as err:
-        log.error("failed: %s", err)
-        raise
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        handler.close()
+    return run_log(out.log_path(level, stamp), "backup log")
 
 
 def _plan_checkpoints(

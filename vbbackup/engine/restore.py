@@ -15,14 +15,13 @@ write::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from vbbackup.chain import COPY, BackupSet, PointInTime, open_view
 from vbbackup.engine.copyout import FORMATS, Export, check_device, copy_out, copy_to_device
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
-from vbbackup.fsutil import atomic_output, partial_path, write_small_file
+from vbbackup.fsutil import atomic_output, partial_path, run_log, write_small_file
 from vbbackup.virt import domainxml
 from vbbackup.virt.connection import error_text, libvirt_connection
 
@@ -192,41 +191,20 @@ def restore(
             output.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise VbError(f"cannot create restore directory {output}: {err.strerror}") from None
-        with _restore_log(output):
+        # what was restored from where (virtnbdrestore's -L), always
+        with run_log(_log_path(output), "restore log", done="done"):
             log.info("vbbackup restore of %s into %s", config.directory, output)
             return _restore(config, the_plan, progress)
 
 
-@contextlib.contextmanager
-def _restore_log(output: Path) -> Iterator[None]:
-    """``restore.<time>.log`` in OUTDIR: what was restored from where (virtnbdrestore -L)."""
+def _log_path(output: Path) -> Path:
+    """``restore.<time>.log`` in OUTDIR (a new name for each run)."""
     stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S")
     path = output / f"restore.{stamp}.log"
     n = 1
     while path.exists():
         path, n = output / f"restore.{stamp}.{n}.log", n + 1
-    try:
-        handler = logging.FileHandler(path)
-    except OSError as err:
-        raise VbError(f"cannot write the restore log {path}: {err.strerror}") from None
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("vbbackup")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-        log.info("done")
-    except BaseException as err:
-        log.error("failed: %s", err)
-        raise
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.flush()
-        if handler.stream is not None:
-            os.fsync(handler.stream.fileno())
-        handler.close()
+    return path
 
 
 def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -> RestoreResult:
