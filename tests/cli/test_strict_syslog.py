@@ -4,6 +4,8 @@ default libvirt URI (system as root, session otherwise)."""
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import os
 import socket
 from pathlib import Path
@@ -73,6 +75,10 @@ def test_syslog_gets_the_run_log(
             except BlockingIOError:
                 break
     assert any(f"vbbackup full of {vm.name} into" in m for m in messages), messages
+    # the handler goes with the run: later commands in this process do not write into a
+    # closed socket ("--- Logging error ---" on stderr)
+    handlers = logging.getLogger("vbbackup").handlers
+    assert not [h for h in handlers if isinstance(h, logging.handlers.SysLogHandler)]
     assert all(m.startswith("<") and "vbbackup[" in m for m in messages)
     monkeypatch.setenv("VBBACKUP_SYSLOG_SOCKET", str(tmp_path / "none"))
     missing = run("full", vm.name, "-o", tmp_path / "set2", "--no-progress", "--syslog")

@@ -66,7 +66,7 @@ def test_fsck_finds_the_damaged_point_and_passes_the_sound_one(make_vm, tmp_path
     report = json.loads(text)
     assert report["passed"] is False
     by = {(f["point"], f["disk"]): f for f in report["filesystems"]}
-    assert by[(good, "vda")]["result"] == "clean"
+    assert by[(good, "vda")]["result"] == "clean", by[(good, "vda")]
     assert by[(damaged, "vdb")]["result"] == "clean"
     bad = by[(damaged, "vda")]
     assert bad["result"] == "errors", bad

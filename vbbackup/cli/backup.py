@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
 import os
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +81,6 @@ def _make_command(level: str) -> click.Command:
                 scratchdir: Path, no_sparse_detection: bool, raw: bool, as_json: bool,
                 strict: bool, syslog: bool, quiet: bool, verbose: bool, no_progress: bool,
                 **ops: Any) -> None:  # fmt: skip
-        if syslog:
-            _log_to_syslog()
-        if verbose:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            logging.getLogger("vbbackup").addHandler(handler)
         config = BackupConfig(
             domain=domain,
             level=level,
@@ -101,7 +96,8 @@ def _make_command(level: str) -> click.Command:
             ops=backup_options(**ops),
         )
         reporter = CliReporter(quiet or verbose, not no_progress)
-        result = run_backup(config, reporter)
+        with _log_handlers(syslog, verbose):
+            result = run_backup(config, reporter)
         if result.consistency is not None:
             reporter.info(consistency_line(result.consistency))
         if as_json:
@@ -117,8 +113,33 @@ def _make_command(level: str) -> click.Command:
     return command
 
 
-def _log_to_syslog() -> None:
-    """The run's log (what -v prints) to the local syslog as well, as ``vbbackup[pid]``."""
+@contextlib.contextmanager
+def _log_handlers(syslog: bool, verbose: bool) -> Iterator[None]:
+    """The run's log also to syslog (``--syslog``, as ``vbbackup[pid]``) and to stderr
+    (``-v``), for the run only: removed again, so a caller running several commands in one
+    process (tests, a scheduler) does not keep writing into closed streams."""
+    handlers: list[logging.Handler] = []
+    if syslog:
+        handlers.append(_syslog_handler())
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+        handlers[-1].setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("vbbackup")
+    old_level = logger.level
+    if handlers:
+        logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(old_level)
+
+
+def _syslog_handler() -> logging.Handler:
     address = os.environ.get("VBBACKUP_SYSLOG_SOCKET", "/dev/log")
     try:  # the handler itself stays silent when nothing listens (it retries per record)
         if not stat.S_ISSOCK(os.stat(address).st_mode):
@@ -127,9 +148,7 @@ def _log_to_syslog() -> None:
     except OSError as err:
         raise UsageError(f"--syslog: cannot reach syslog at {address}: {err.strerror}") from None
     handler.setFormatter(logging.Formatter(f"vbbackup[{os.getpid()}]: %(message)s"))
-    root = logging.getLogger("vbbackup")
-    root.addHandler(handler)
-    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    return handler
 
 
 full_command = _make_command("full")

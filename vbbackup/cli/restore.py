@@ -225,7 +225,8 @@ def _live(
             if directory is not None or output is not None or until or disks or name:
                 raise UsageError("--resume NAME takes no DIR, -o, --until, --disk or --name: "
                                  "the live restore's state says them")  # fmt: skip
-            result = resume(resume_name, bandwidth, progress, restart=restart)
+            result = resume(resume_name, bandwidth, progress, restart=restart,
+                            say=lambda line: click.echo(line, err=True))  # fmt: skip
         else:
             if directory is None or output is None:
                 raise UsageError("restore --live needs DIR and -o OUTDIR")

@@ -63,6 +63,7 @@ WORK_ROOT = Path("/var/tmp")
 STATE_NAME = ".vbbackup-live.json"
 POLL = 0.25
 JOB_GRACE = 10.0  # seconds a finished job may take to show in the domain XML
+START_ATTEMPTS = 2  # resume: a domain that crashes right after our start is started once more
 T = TypeVar("T")
 
 # (disk target, bytes copied, bytes to copy); called from the monitoring loop
@@ -186,6 +187,7 @@ def resume(
     progress: LiveProgress | None = None,
     uri: str | None = None,
     restart: bool = False,
+    say: Callable[[str], None] = print,
 ) -> LiveResult:
     """Finish a live restore that a killed command, a dead server or a reboot left;
     ``restart``: a running domain whose server died is stopped and started again."""
@@ -213,18 +215,31 @@ def resume(
             if lost:
                 _stop_gracefully(dom)
         running_seconds: float | None = None
-        if not dom.isActive():
-            _ensure_servers(state, state.disks)
-            _reattach_backing(state)
-            _start(dom, conn)
-            running_seconds = time.monotonic() - started
-        else:
-            status, reason = dom.state()
-            if status == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
-                _call(dom.resume, f"resuming {name} after its I/O error")
-        with _going_on(name):
-            _pull_all(dom, state, bandwidth, progress)
-            _finish(dom, state)
+        for attempt in range(START_ATTEMPTS):
+            started_here = not dom.isActive()
+            if started_here:
+                _ensure_servers(state, state.disks)
+                _reattach_backing(state)
+                _start(dom, conn)
+                running_seconds = time.monotonic() - started
+            else:
+                status, reason = dom.state()
+                io_error = reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR
+                if status == libvirt.VIR_DOMAIN_PAUSED and io_error:
+                    _call(dom.resume, f"resuming {name} after its I/O error")
+            try:
+                with _going_on(name):
+                    _pull_all(dom, state, bandwidth, progress)
+                    _finish(dom, state)
+                break
+            except LibvirtError:
+                # QEMU 7.2 now and then dies (SIGSEGV) seconds after a restart whose pulls
+                # begin at once; the images keep everything, so the same start once more
+                crashed = dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF,
+                                          libvirt.VIR_DOMAIN_SHUTOFF_CRASHED]  # fmt: skip
+                if not (started_here and crashed) or attempt + 1 == START_ATTEMPTS:
+                    raise
+                say(f"{name}: QEMU crashed (/var/log/libvirt/qemu/{name}.log); starting it again")
     images = {d.target: Path(d.image) for d in state.disks}
     return LiveResult(name, Path(state.output), images, running_seconds,
                       time.monotonic() - started, resumed=True)  # fmt: skip
@@ -463,13 +478,16 @@ def _pull_all(
     flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
     rate = int(bandwidth * 1024 * 1024) if bandwidth else 0
     pending = {d.target: d for d in state.disks}
-    backed = domainxml.backed_targets(dom.XMLDesc(0))
+    try:
+        backed = domainxml.backed_targets(dom.XMLDesc(0))
+    except libvirt.libvirtError as err:
+        raise _domain_gone(dom, state, err) from None
     for target in list(pending):
         if target not in backed:
             del pending[target]
             continue
-        info = dom.blockJobInfo(target, 0)
         try:
+            info = dom.blockJobInfo(target, 0)
             if not info:
                 dom.blockPull(target, rate, flags)
             elif bandwidth is not None:
@@ -481,9 +499,13 @@ def _pull_all(
     gone: dict[str, float] = {}  # job no longer listed, disk still backed: since when
     while pending:
         time.sleep(POLL)
-        backed = domainxml.backed_targets(dom.XMLDesc(0))
+        try:
+            backed = domainxml.backed_targets(dom.XMLDesc(0))
+            infos = {target: dom.blockJobInfo(target, 0) for target in pending}
+        except libvirt.libvirtError as err:
+            raise _domain_gone(dom, state, err) from None
         for target, disk in list(pending.items()):
-            info = dom.blockJobInfo(target, 0)
+            info = infos[target]
             if info:
                 if progress is not None:
                     progress(target, int(info["cur"]), int(info["end"]))
@@ -498,6 +520,17 @@ def _pull_all(
             if progress is not None:
                 progress(target, 1, 1)
             del pending[target]
+
+
+def _domain_gone(dom: libvirt.virDomain, state: LiveState, err: libvirt.libvirtError) -> VbError:
+    """The domain stopped while its disks were copied (shut down, destroyed, QEMU died)."""
+    if dom.isActive():
+        return LibvirtError(f"{state.name}: watching its block pulls: {error_text(err)}")
+    return LibvirtError(
+        f"{state.name} stopped while its disks were copied (see "
+        f"/var/log/libvirt/qemu/{state.name}.log); its images keep what was copied and what "
+        f"the guest wrote: vbbackup restore --live --resume {state.name}"
+    )
 
 
 def _pull_failed(state: LiveState, disk: LiveDisk) -> VbError:
