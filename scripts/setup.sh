@@ -4,7 +4,8 @@
 #   1. Debian packages (apt-get only when one is missing)
 #   2. .venv with the system site packages (python3-libvirt, python3-libnbd live there)
 #   3. /dev/kvm permissions as udev would set them (see fix_kvm_permissions)
-#   4. libvirtd + virtlogd (no systemd here: started as daemons when virsh gets no answer)
+#   4. swtpm's local CA owned by its user (see fix_swtpm_localca)
+#   5. libvirtd + virtlogd (no systemd here: started as daemons when virsh gets no answer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -103,6 +104,19 @@ fix_kvm_permissions() {
     fi
 }
 
+# libvirt runs swtpm_setup as user tss, or as root when there was no tss user when libvirtd
+# started (before swtpm-tools was installed). Root leaves root-owned files in the local CA's
+# directory, and every later vTPM start by a libvirtd that knows tss fails ("Need read/write
+# rights on /var/lib/swtpm-localca/.lock.swtpm-localca for user tss"). Give them back to tss.
+fix_swtpm_localca() {
+    local dir=/var/lib/swtpm-localca
+    [ -d "$dir" ] && getent passwd tss >/dev/null || return 0
+    if [ -n "$(find "$dir" ! -user tss -print -quit)" ]; then
+        log "giving $dir back to user tss (files made by a libvirtd that ran swtpm as root)"
+        chown -R tss:root "$dir"
+    fi
+}
+
 # virtnbdbackup 2.47, the release most users run, in a venv of its own (never the project's):
 # interop tests restore our sets with it. Its wheel lives in ../shared/anchors.
 VNB_247=/var/tmp/vnb-2.47
@@ -122,4 +136,5 @@ install_packages
 install_vnb_247
 make_venv
 fix_kvm_permissions
+fix_swtpm_localca
 start_libvirtd
