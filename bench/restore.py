@@ -1,7 +1,14 @@
-"""Benchmark of ``vbbackup restore`` against Debian's ``virtnbdrestore`` on the same sets.
+"""Benchmark of ``vbbackup restore`` against the limit and against Debian's ``virtnbdrestore``.
 
     .venv/bin/python bench/restore.py [--workdir /var/tmp/vbbench-restore]
         [--size-mib 4096] [--data-mib 1024] [--incs 10] [--inc-percent 5] [--repeat 1]
+        [--compress] [--against limit|virtnbdrestore|both]
+
+The limit: ``qemu-img convert`` of the true final disk (a sparse raw file the
+bench writes beside the sets) into the same output format, then an fsync of
+the image, against ``vbbackup restore`` of the set into that format (which
+ends with the image fsync'ed too): for qcow2 and raw, interleaved, median of
+--repeat; every restored image is ``qemu-img compare``d with the final disk.
 
 Two synthetic sets (written with vbbackup.format, uncompressed unless
 --compress) of one disk of --size-mib with --data-mib of random data in
@@ -118,16 +125,27 @@ def make_sets(workdir: Path, args: argparse.Namespace) -> tuple[Path, Path]:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
     starts = write_full(full / "vda.full.data", size, data, block, args.compress)
-    os.link(full / "vda.full.data", chain / "vda.full.data")
+    for name in ("vda.full.data", "vda.full.data.sums"):
+        if (full / name).exists():
+            os.link(full / name, chain / name)
     # every 1 MiB slot of the data, handed out to the incrementals without repeats
     slots = [s + j * MiB for s in starts for j in range(EXTENT // MiB)]
     random.Random(0).shuffle(slots)
     per_inc = max(1, len(slots) * args.inc_percent // 100)
     if per_inc * args.incs > len(slots):
         raise SystemExit("--incs x --inc-percent must stay within 100%")
-    for k in range(1, args.incs + 1):
-        mine = slots[(k - 1) * per_inc : k * per_inc]
-        write_inc(chain / f"vda.inc.{cp(k)}.data", size, k, sorted(mine), block, args.compress)
+    final_full, final_chain = workdir / "final-full.raw", workdir / "final-chain.raw"
+    with open(final_full, "wb") as f:
+        f.truncate(size)
+        for start in starts:
+            os.pwrite(f.fileno(), block, start)
+    shutil.copyfile(final_full, final_chain)  # sparse: Python copies with copy_file_range
+    with open(final_chain, "r+b") as raw:
+        for k in range(1, args.incs + 1):
+            mine = slots[(k - 1) * per_inc : k * per_inc]
+            write_inc(chain / f"vda.inc.{cp(k)}.data", size, k, sorted(mine), block, args.compress)
+            for start in mine:
+                os.pwrite(raw.fileno(), block[k * 4096 : k * 4096 + MiB], start)
     for directory, n in ((full, 1), (chain, args.incs + 1)):
         (directory / "bench.cpt").write_text(json.dumps([cp(k) for k in range(n)]))
         for k in range(n):
@@ -156,8 +174,47 @@ def timed(argv: list[str], out: Path) -> float:
     return seconds
 
 
-def ours(backup: Path, out: Path) -> list[str]:
-    return [*VBBACKUP, "restore", str(backup), "-o", str(out), "--format", "qcow2", "--no-progress"]
+def ours(backup: Path, out: Path, fmt: str = "qcow2") -> list[str]:
+    return [*VBBACKUP, "restore", str(backup), "-o", str(out), "--format", fmt, "--no-progress"]
+
+
+def limit(final: Path, out: Path, fmt: str) -> float:
+    """``qemu-img convert`` of the final disk into ``fmt``, ended with an fsync, as restore."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    image = out / f"bench.{fmt}"
+    started = time.monotonic()
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(final), str(image)],
+                   check=True)  # fmt: skip
+    fd = os.open(image, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    return time.monotonic() - started
+
+
+def same_disk(final: Path, image: Path, fmt: str) -> None:
+    done = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", fmt, str(final), str(image)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{image} is not the final disk: {done.stdout}{done.stderr}")
+
+
+def limit_table(args: argparse.Namespace, sets: list[tuple[str, Path, Path]]) -> None:
+    """The restore of each set against qemu-img convert of its final disk, per output format."""
+    print("| set | output | qemu-img convert of the final disk (limit) | vbbackup restore "
+          "| ratio |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- |")
+    for label, backup, final in sets:
+        for fmt in ("qcow2", "raw"):
+            runs: dict[str, list[float]] = {"limit": [], "ours": []}
+            for _ in range(args.repeat):  # interleaved: the machine is shared
+                runs["limit"].append(limit(final, args.workdir / "out-limit", fmt))
+                out = args.workdir / f"out-{backup.name}-{fmt}"
+                runs["ours"].append(timed(ours(backup, out, fmt), out))
+                same_disk(final, out / f"bench.{fmt}", fmt)
+            a, b = (statistics.median(runs[k]) for k in ("limit", "ours"))
+            print(f"| {label} | {fmt} | {a:.2f} s | {b:.2f} s | **{a / b:.2f}x** |", flush=True)
+    print()
 
 
 def theirs(backup: Path, out: Path) -> list[str]:
@@ -185,11 +242,28 @@ def main() -> None:
     parser.add_argument("--compress", action="store_true")
     parser.add_argument("--keep", action="store_true", help="Keep the sets and outputs.")
     parser.add_argument("--no-sums", action="store_true", help="sets without .sums files")
+    parser.add_argument("--against", choices=["limit", "virtnbdrestore", "both"], default="both")
     args = parser.parse_args()
-    if shutil.which("virtnbdrestore") is None:
+    if args.against != "limit" and shutil.which("virtnbdrestore") is None:
         raise SystemExit("virtnbdrestore is not installed (apt-get install virtnbdbackup)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     full, chain = make_sets(args.workdir, args)
+    os.sync()  # the sets' writeback must not land in the first measurements
+    print(f"set: {args.size_mib} MiB disk, {args.data_mib} MiB data, "
+          f"{'lz4' if args.compress else 'uncompressed'}; chain incs rewrite "
+          f"{args.inc_percent}% each; median of {args.repeat}")  # fmt: skip
+    print()
+    if args.against != "virtnbdrestore":
+        finals = [args.workdir / "final-full.raw", args.workdir / "final-chain.raw"]
+        limit_table(args, [("full", full, finals[0]),
+                           (f"full + {args.incs} incs", chain, finals[1])])  # fmt: skip
+    if args.against != "limit":
+        against_virtnbdrestore(args, full, chain)
+    if not args.keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+def against_virtnbdrestore(args: argparse.Namespace, full: Path, chain: Path) -> None:
     final = args.data_mib * MiB
     rows = []
     checked: list[tuple[str, float]] = []  # set, unchecked time / checked time
@@ -212,10 +286,6 @@ def main() -> None:
     # -U: virtnbdrestore returns while its qemu-nbd may still hold the image's lock
     compare = ["qemu-img", "compare", "-U", str(a), str(b)]
     same = subprocess.run(compare, capture_output=True, text=True, check=False)
-    print(f"set: {args.size_mib} MiB disk, {args.data_mib} MiB data, "
-          f"{'lz4' if args.compress else 'uncompressed'}; chain incs rewrite "
-          f"{args.inc_percent}% each; median of {args.repeat}")  # fmt: skip
-    print()
     print("| set | data in files | vbbackup | MB/s | virtnbdrestore | MB/s | speed-up |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, written, t in rows:
@@ -232,8 +302,6 @@ def main() -> None:
     for label, r in checked:
         print(f"{label}: restore with .sums checks at {r:.3f}x the speed of the same restore "
               "without them")  # fmt: skip
-    if not args.keep:
-        shutil.rmtree(args.workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

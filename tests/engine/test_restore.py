@@ -157,6 +157,30 @@ def test_qcow2_options_from_qcow_json(backup: Path, tmp_path: Path) -> None:
     assert got["format-specific"]["data"]["compat"] == "0.10"
 
 
+@pytest.mark.parametrize("cluster", [512, 2 * MiB])
+def test_qcow2_written_directly_keeps_the_saved_options(
+    backup: Path, tmp_path: Path, cluster: int
+) -> None:
+    """compat 1.1 images are laid out by vbbackup itself: QEMU reads the options back, finds
+    the image clean, and the bytes are the point's."""
+    data = {"compat": "1.1", "lazy-refcounts": True, "refcount-bits": 16,
+            "compression-type": "zstd", "extended-l2": False}  # fmt: skip
+    info = {"virtual-size": SIZE, "format": "qcow2", "cluster-size": cluster,
+            "format-specific": {"type": "qcow2", "data": data}}  # fmt: skip
+    (backup / "vda.virtnbdbackup.2.qcow.json").write_text(json.dumps(info))
+    image = restore(RestoreConfig(backup, tmp_path / "out")).disks[0].image
+    got = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", image], capture_output=True, check=True
+        ).stdout  # fmt: skip
+    )
+    assert got["cluster-size"] == cluster
+    assert got["format-specific"]["data"]["lazy-refcounts"] is True
+    assert got["format-specific"]["data"]["compression-type"] == "zstd"
+    subprocess.run(["qemu-img", "check", "-q", image], check=True)
+    assert read_image(image, "qcow2") == expected(2)
+
+
 def test_image_named_like_the_source_and_config_adjusted(backup: Path, tmp_path: Path) -> None:
     (backup / "vmconfig.virtnbdbackup.2.xml").write_text(VMCONFIG)
     out = tmp_path / "out"

@@ -1,6 +1,8 @@
 """Stream one disk at one point in time into a new sparse image (``vbmount copy``, restore).
 
-The view is served by our nbdkit plugin on a private unix socket, and
+Raw images and qcow2 images with options we can lay out are written in this process
+(``imagewrite``: the view's checked reads, ``pwrite``, ``qemu-img check``). For the rest
+(compressed clusters, preallocation, other qcow2 options, block devices) the view is served by our nbdkit plugin on a private unix socket, and
 ``qemu-img convert`` copies from it (both are our children and die with us):
 it asks the export for block status, so holes and zero ranges of the backup
 are never written and stay holes. The target
@@ -21,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vbbackup.chain import BackupSet
+from vbbackup.chain import BackupSet, PointInTimeView
+from vbbackup.engine import imagewrite
+from vbbackup.engine.imagewrite import Progress
 from vbbackup.errors import TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_path
 from vbbackup.nbdio.server import PLUGIN, Export, NbdkitServer, plugin_args  # noqa: F401
@@ -64,10 +68,16 @@ def copy_out(
     overwrite: bool = False,
     preallocation: str | None = None,
     compress: bool = False,
+    progress: Progress | None = None,
+    direct: bool | None = None,
 ) -> None:
     """Write `export` to the new image `output` (format `fmt`), sparse and atomically.
 
     `preallocation` (qemu-img's: "metadata", "falloc", "full") reserves the space up front.
+    The image is written in this process (``imagewrite``) unless `direct` is False or it
+    needs what only ``qemu-img convert`` writes (compressed clusters, preallocation, qcow2
+    options the direct writer does not have). `progress` gets the bytes written so far
+    (direct writes only).
     """
     if fmt not in FORMATS:
         raise VbError(f"unsupported image format {fmt!r} (use qcow2 or raw)")
@@ -78,7 +88,15 @@ def copy_out(
         raise TargetExistsError(f"{output} already exists; refusing to overwrite it (--force)")
     backup = BackupSet(export.directory)
     point = backup.resolve(export.disk, export.until, export.files)
-    options = qcow2_options(backup.qemu_info(point)) if fmt == "qcow2" else ""
+    saved = backup.qemu_info(point)
+    direct_options = imagewrite.qcow2_options(saved) if fmt == "qcow2" else None
+    writable = fmt == "raw" or direct_options is not None
+    if direct is not False and writable and not compress and not preallocation:
+        with atomic_path(output, overwrite=True) as tmp, PointInTimeView(point) as view:
+            tmp.unlink(missing_ok=True)
+            imagewrite.write_image(view, tmp, fmt, direct_options, progress)
+        return
+    options = qcow2_options(saved) if fmt == "qcow2" else ""
     if preallocation:
         options = ",".join(filter(None, [options, f"preallocation={preallocation}"]))
     # checked above with the CLI's hint; the partial is ours to replace
