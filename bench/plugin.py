@@ -35,6 +35,7 @@ import nbd  # noqa: E402
 from vbbackup.chain import open_view  # noqa: E402
 from vbbackup.format import StreamMeta, StreamWriter  # noqa: E402
 from vbbackup.fsutil import write_sums  # noqa: E402
+from vbbackup.nbdio.server import THREADS  # noqa: E402
 
 # .sums side files as a backup writes them (--no-sums: sets as virtnbdbackup writes them)
 SUMS = "--no-sums" not in sys.argv
@@ -126,11 +127,25 @@ def make_sets(work: Path, size: int) -> tuple[Path, Path, Path]:
 
 
 def plugin_cmd(directory: Path) -> list[str]:
-    return ["nbdkit", "python", str(PLUGIN), f"dir={directory}"]
+    """The plugin as vbbackup and vbmount start it (their --threads)."""
+    return ["nbdkit", f"--threads={THREADS}", "python", str(PLUGIN), f"dir={directory}"]
+
+
+def null_plugin_cmd(work: Path, size: int) -> list[str]:
+    """The ceiling of any Python plugin: nbdkit's binding and the GIL, no work per read."""
+    path = work / "null_plugin.py"
+    path.write_text(
+        "import nbdkit\nAPI_VERSION = 2\n"
+        "def thread_model():\n    return nbdkit.THREAD_MODEL_PARALLEL\n"
+        "def open(readonly):\n    return 1\n"
+        f"def get_size(h):\n    return {size}\n"
+        "def pread(h, buf, offset, flags):\n    pass\n"
+    )
+    return ["nbdkit", f"--threads={THREADS}", "python", str(path)]
 
 
 def file_cmd(raw: Path) -> list[str]:
-    return ["nbdkit", "file", str(raw)]
+    return ["nbdkit", f"--threads={THREADS}", "file", str(raw)]
 
 
 def nbdcopy_seconds(server: list[str], runs: int = 3) -> float:
@@ -330,12 +345,15 @@ def main() -> None:
                 f_r = random_reads_per_second(file_cmd(raw), size, c, args.seconds)
                 p_r = random_reads_per_second(plugin_cmd(plain), size, c, args.seconds)
                 z_r = random_reads_per_second(plugin_cmd(lz4), size, c, args.seconds)
+                n_r = random_reads_per_second(null_plugin_cmd(work, size), size, c, args.seconds)
                 rows += [
                     (f"random 4 KiB reads/s, {c} connections, nbdkit file", f"{f_r:,.0f}"),
                     ("random 4 KiB reads/s, vbmount plugin, uncompressed",
                      f"{p_r:,.0f} ({p_r / f_r:.2f}x file)"),
                     ("random 4 KiB reads/s, vbmount plugin, lz4",
                      f"{z_r:,.0f} ({z_r / f_r:.2f}x file)"),
+                    ("random 4 KiB reads/s, a Python plugin whose pread does nothing",
+                     f"{n_r:,.0f} ({n_r / f_r:.2f}x file: nbdkit's Python binding alone)"),
                 ]  # fmt: skip
         if "chain" in only:
             big = work / "chain1m"

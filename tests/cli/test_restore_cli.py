@@ -38,7 +38,8 @@ def backup(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", ["restore", "info", "verify"])
 def test_every_option_has_help(name: str) -> None:
-    command = main.commands[name]
+    command = main.get_command(click.Context(main), name)
+    assert command is not None
     assert command.help
     for param in command.params:
         if isinstance(param, click.Option):

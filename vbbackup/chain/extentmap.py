@@ -83,6 +83,16 @@ class ExtentMap:
             pos = stop
             i += 1
 
+    def within(self, offset: int, length: int) -> tuple[int, int] | None:
+        """``(layer, frame)`` when the whole range lies in one segment, else None (a read's
+        common case, without ``segments``' generator)."""
+        i = bisect_right(self.starts, offset) - 1
+        end = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
+        if offset < 0 or offset + length > end:
+            return None
+        code = self.codes[i]
+        return (ZERO, 0) if code == ZERO else (code >> _FRAME_BITS, code & _FRAME_MASK)
+
     def extents(
         self, offset: int, length: int, limit: int | None = None
     ) -> list[tuple[int, int, bool]]:

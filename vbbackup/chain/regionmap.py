@@ -109,6 +109,20 @@ class RegionMap:
                     yield off + base, n, layer, frame + firsts[layer]
             pos = stop
 
+    def within(self, offset: int, length: int) -> tuple[int, int] | None:
+        """``(layer, frame)`` when ``[offset, +length)`` lies in one segment, else None."""
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            return None
+        r = offset // self.region
+        base = r * self.region
+        if offset + length > base + self.region:
+            return None
+        emap, firsts = self._region(r)
+        hit = emap.within(offset - base, length)
+        if hit is None or hit[0] == ZERO:
+            return hit
+        return hit[0], hit[1] + firsts[hit[0]]
+
     def extents(
         self, offset: int, length: int, limit: int | None = None
     ) -> list[tuple[int, int, bool]]:

@@ -9,6 +9,7 @@ or copied.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -29,6 +30,10 @@ from vbbackup.fsutil import read_sums, sums_path
 
 _ZEROS = memoryview(bytes(1024 * 1024))
 _CHECK_STEP = 128 * 1024
+# Reads up to this size copy from a mapping of the file: no system call, so a booting guest's
+# small random reads do not hand Python's GIL to another nbdkit thread and back for each one.
+# Larger reads (restore, copies) use preadv, which reads ahead and never faults.
+_MAPPED_READ = 64 * 1024
 
 
 class PointInTimeView:
@@ -43,6 +48,7 @@ class PointInTimeView:
         self.size = point.virtual_size
         self._stack = ExitStack()
         self._fds: list[int] = []
+        self._mapped: list[memoryview | None] = []
         self._indexes: list[StreamIndex] = []
         self._readers: list[PayloadReader] = []
         self._checkers: list[SumsChecker | None] = []
@@ -53,6 +59,7 @@ class PointInTimeView:
                 index = read_index(f, str(data.path))
                 reader = PayloadReader(f, index, cache_chunks=0)
                 self._fds.append(f.fileno())
+                self._mapped.append(None if index.compressed else _map(stack, f, index))
                 self._indexes.append(index)
                 self._readers.append(reader)
                 sums = read_sums(data.path)
@@ -101,7 +108,9 @@ class PointInTimeView:
     def readinto(self, buf: bytearray | memoryview, offset: int) -> None:
         """Fill ``buf`` with the disk's bytes from ``offset`` (nbdkit's pread)."""
         out = memoryview(buf).cast("B")
-        for off, n, layer, frame in self.map.segments(offset, len(out)):
+        one = self.map.within(offset, len(out))
+        segments = [(offset, len(out), *one)] if one else self.map.segments(offset, len(out))
+        for off, n, layer, frame in segments:
             dst = out[off - offset : off - offset + n]
             if layer == ZERO:
                 _fill_zero(dst)
@@ -122,6 +131,10 @@ class PointInTimeView:
         return self.map.extents(offset, length, limit)
 
     def _pread(self, dst: memoryview, layer: int, pos: int) -> None:
+        mapped = self._mapped[layer]
+        if mapped is not None and len(dst) <= _MAPPED_READ:
+            dst[:] = self._mapped_span(mapped, layer, pos, len(dst))
+            return
         fd = self._fds[layer]
         done = 0
         while done < len(dst):
@@ -141,6 +154,12 @@ class PointInTimeView:
         lo = in_frame // p * p
         hi = min(-(-(in_frame + len(dst)) // p) * p, index.lengths[frame])
         pos = index.payload_pos[frame] + lo
+        mapped = self._mapped[layer]
+        if mapped is not None and hi - lo <= _MAPPED_READ:  # check the mapped bytes, copy once
+            span = self._mapped_span(mapped, layer, pos, hi - lo)
+            checker.check(frame, 0, lo // p, span, index.starts[frame] + lo, pos)
+            dst[:] = span[in_frame - lo : in_frame - lo + len(dst)]
+            return
         if lo == in_frame and hi == in_frame + len(dst):
             span = dst
         else:
@@ -154,6 +173,13 @@ class PointInTimeView:
             checker.check(frame, 0, (lo + off) // p, part, disk + off, pos + off)
         if span is not dst:
             dst[:] = span[in_frame - lo : in_frame - lo + len(dst)]
+
+    def _mapped_span(self, mapped: memoryview, layer: int, pos: int, n: int) -> memoryview:
+        if pos + n > len(mapped):
+            raise StreamFormatError(
+                self._indexes[layer].name, len(mapped), "file ends inside a data frame"
+            )
+        return mapped[pos : pos + n]
 
     def _decode_checked(
         self, layer: int, frame: int, n: int, raw_off: int, file_pos: int, csize: int, raw_len: int
@@ -185,6 +211,22 @@ def _open(path: Path) -> BinaryIO:
         raise ChainError(f"missing file in the chain: {path}") from None
     except OSError as err:
         raise ChainError(f"cannot open {path}: {err.strerror}") from None
+
+
+def _map(stack: ExitStack, f: BinaryIO, index: StreamIndex) -> memoryview | None:
+    """A read-only mapping of an uncompressed file, released when the view closes."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0 or not index.payload_pos:
+        return None
+    try:
+        mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None  # preadv serves every read then
+    mapping.madvise(mmap.MADV_RANDOM)  # a fault reads its page, not a window around it
+    stack.callback(mapping.close)
+    view = memoryview(mapping)
+    stack.callback(view.release)  # (runs first: a mapping with a live view cannot close)
+    return view
 
 
 def _fill_zero(dst: memoryview) -> None:

@@ -2,10 +2,10 @@
 
 Raw images and qcow2 images with options we can lay out are written in this process
 (``imagewrite``: the view's checked reads, ``pwrite``, ``qemu-img check``). For the rest
-(compressed clusters, preallocation, other qcow2 options, block devices) the view is served by our nbdkit plugin on a private unix socket, and
-``qemu-img convert`` copies from it (both are our children and die with us):
-it asks the export for block status, so holes and zero ranges of the backup
-are never written and stay holes. The target
+(compressed clusters, preallocation, other qcow2 options, block devices) the view is
+served by our nbdkit plugin on a private unix socket, and ``qemu-img convert`` copies
+from it (both are our children and die with us): it asks the export for block status,
+so holes and zero ranges of the backup are never written and stay holes. The target
 is created first with ``qemu-img create`` (qcow2 options from the set's
 ``*.qcow.json`` when present), written as ``OUT.partial``, fsync'ed, renamed::
 

@@ -32,6 +32,13 @@ PLUGIN = Path(nbdkit_plugin.__file__).resolve().parent / "vbmount.py"
 QEMU_USERS = ("libvirt-qemu", "qemu")  # Debian's, Fedora's
 
 
+# Threads per connection. Every request of the Python plugin holds the GIL for a moment; with
+# nbdkit's default of 16 per connection, 4 connections made 64 threads queue for it: random
+# 4 KiB reads ran 20-25% slower than with 4 (bench/plugin.py, docs/performance.md). 4 still
+# lets both cores decode lz4 pieces for one client with requests in flight.
+THREADS = 4
+
+
 @dataclass(frozen=True)
 class Tls:
     """TLS for a TCP export, as nbdkit offers it: X.509 certificates (a directory with
@@ -120,7 +127,7 @@ class NbdkitServer:
         return str(self.socket) if self.socket is not None else f"--port={self.port}"
 
     def command(self) -> list[str]:
-        argv = ["nbdkit", "--pidfile", str(self.pidfile)]
+        argv = ["nbdkit", "--pidfile", str(self.pidfile), f"--threads={THREADS}"]
         if self.tied:
             argv += ["--foreground", "--exit-with-parent"]
         if self.socket is not None:
