@@ -9,6 +9,7 @@ or copied.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from collections.abc import Sequence
@@ -223,10 +224,17 @@ def _map(stack: ExitStack, f: BinaryIO, index: StreamIndex) -> memoryview | None
     except (OSError, ValueError):
         return None  # preadv serves every read then
     mapping.madvise(mmap.MADV_RANDOM)  # a fault reads its page, not a window around it
-    stack.callback(mapping.close)
+    stack.callback(_unmap, mapping)
     view = memoryview(mapping)
-    stack.callback(view.release)  # (runs first: a mapping with a live view cannot close)
+    stack.callback(_unmap, view)  # (runs first: a mapping with a live view cannot close)
     return view
+
+
+def _unmap(mapped: mmap.mmap | memoryview) -> None:
+    """Close now, or, while a slice still lives (say in an error's traceback), when the last
+    slice goes."""
+    with contextlib.suppress(BufferError):
+        mapped.release() if isinstance(mapped, memoryview) else mapped.close()
 
 
 def _fill_zero(dst: memoryview) -> None:
