@@ -10,11 +10,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.chain.chains import Model, write_chain
+from vbbackup.engine.copyout import Export, copy_out
 from vbbackup.engine.restore import RestoreConfig, plan, restore
 from vbbackup.errors import ChainError, TargetExistsError, VbError
 
@@ -240,3 +242,22 @@ def test_preallocated_qcow2(backup: Path, tmp_path: Path) -> None:
     )
     assert json.loads(done.stdout)["actual-size"] >= SIZE
     assert read_image(image, "qcow2") == expected(2)
+
+
+def test_the_plugin_runs_on_our_python_with_a_foreign_python3_first_on_path(
+    backup: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nbdkit's embedded Python takes its library from the first python3 on PATH (a pyenv or
+    conda one on many admins' machines): the plugin must still load."""
+    foreign = tmp_path / "foreign"
+    (foreign / "bin").mkdir(parents=True)
+    (foreign / "bin" / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (foreign / "bin" / "python3").chmod(0o755)
+    lib = foreign / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    lib.mkdir(parents=True)
+    shutil.copy(os.__file__, lib / "os.py")  # the landmark that makes it a Python's home
+    monkeypatch.setenv("PATH", f"{foreign / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.delenv("PYTHONHOME", raising=False)
+    out = tmp_path / "out.qcow2"
+    copy_out(Export(backup, "vda", None, None), out, "qcow2", direct=False)
+    assert read_image(out, "qcow2") == expected(2)

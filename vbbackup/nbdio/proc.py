@@ -88,6 +88,7 @@ def start_forking_daemon(
     *,
     pidfile: Path,
     log: Path,
+    env: Mapping[str, str] | None = None,
     timeout: float = READY_TIMEOUT,
 ) -> int:
     """Start a daemon that forks into the background itself (nbdkit without --foreground).
@@ -103,6 +104,7 @@ def start_forking_daemon(
             done = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, check=False, timeout=timeout,
+                env=dict(env) if env is not None else None,
             )  # fmt: skip
         except FileNotFoundError:
             raise MountError(f"{argv[0]} is not installed") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -154,7 +155,7 @@ class NbdkitServer:
         if self.socket is not None and self.socket.exists():
             raise MountError(f"socket {self.socket} already exists (another server?)")
         start = proc.spawn_daemon if self.tied else proc.start_forking_daemon
-        self.pid = start(self.command(), pidfile=self.pidfile, log=self.log)
+        self.pid = start(self.command(), pidfile=self.pidfile, log=self.log, env=plugin_env())
         return self
 
     def detach(self) -> None:
@@ -177,6 +178,19 @@ class NbdkitServer:
     ) -> None:
         if not self._detached or exc_type is not None:
             self.stop()
+
+
+def plugin_env() -> dict[str, str]:
+    """Our environment, with nbdkit's embedded Python pinned to the Python we run on.
+
+    An embedded Python finds its standard library from the first ``python3`` on PATH; with
+    a pyenv or conda ``python3`` there it loaded that Python's library, found no lz4 and
+    the plugin failed to load ("error running this script"). The plugin imports vbbackup
+    from our environment, so the Python nbdkit embeds must be ours anyway.
+    """
+    env = dict(os.environ)
+    env.setdefault("PYTHONHOME", sys.base_prefix)
+    return env
 
 
 def stop_server(pid: int, marker: str, socket: Path | None = None) -> None:
