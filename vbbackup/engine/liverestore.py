@@ -29,15 +29,21 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import libvirt
 
-from vbbackup.chain import open_view
 from vbbackup.engine.lock import directory_lock
-from vbbackup.engine.restore import Plan, RestoreConfig, copy_boot_files, plan, saved_autostart
+from vbbackup.engine.restore import (
+    Plan,
+    RestoreConfig,
+    copy_boot_files,
+    named,
+    plan,
+    saved_autostart,
+)
 from vbbackup.errors import (
     BackupInterrupted,
     LibvirtError,
@@ -54,6 +60,7 @@ from vbbackup.nbdio.server import (
     give_socket_to_qemu,
     plugin_args,
     stop_server,
+    unix_uri,
 )
 from vbbackup.virt import domainxml
 from vbbackup.virt.connection import error_text, libvirt_connection
@@ -254,7 +261,7 @@ def _plan(config: LiveConfig) -> tuple[Plan, str]:
                          uri=config.uri)  # fmt: skip
     first = plan(base)
     name = config.name or first.domain
-    the_plan = first if config.name else plan(replace(base, name=name))
+    the_plan = first if config.name else named(first, Path(config.output), name)
     with libvirt_connection(config.uri) as conn:
         try:
             conn.lookupByName(name)
@@ -302,9 +309,7 @@ def _set_up(conn: libvirt.virConnect, the_plan: Plan, state: LiveState) -> libvi
             _serve(live, Path(state.directory), disk.until, workdir)
             state.save()
             _create_image(Path(live.image), Path(live.socket), disk.point.virtual_size)
-            with open_view(Path(state.directory), disk.disk, disk.until) as view:
-                holes = [(o, n) for o, n, zero in view.extents(0, view.size) if zero]
-            _mark_zero(Path(live.image), holes)
+            _mark_zero(Path(live.image), list(disk.holes))
             created.append(Path(live.image))
         created += copy_boot_files(the_plan, overwrite=False)
         xml = _adjusted(the_plan, state)
@@ -349,15 +354,11 @@ def _serve(disk: LiveDisk, directory: Path, until: str | None, workdir: Path) ->
     give_socket_to_qemu(socket)
 
 
-def _backing_uri(socket: Path) -> str:
-    return f"nbd+unix:///?socket={socket}"
-
-
 def _create_image(image: Path, socket: Path, size: int) -> None:
     if image.exists():
         raise TargetExistsError(f"{image} already exists; refusing to overwrite it")
     proc.run_tool(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                   "-b", _backing_uri(socket), str(image), str(size)],
+                   "-b", unix_uri(socket), str(image), str(size)],
                   what=f"creating {image}")  # fmt: skip
     fsync_dir(image.parent)
 
@@ -454,7 +455,7 @@ def _reattach_backing(state: LiveState) -> None:
         image = Path(disk.image)
         if not _has_backing(image):
             proc.run_tool(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw",
-                           "-b", _backing_uri(Path(disk.socket)), str(image)],
+                           "-b", unix_uri(Path(disk.socket)), str(image)],
                           what=f"pointing {image} at its backup again")  # fmt: skip
 
 

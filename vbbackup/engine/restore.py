@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class DiskPlan:
     warning: str | None = None  # its data cannot be checked as it is read (no .sums)
     files: tuple[str, ...] | None = None  # --sequence
     device: bool = False  # written over an existing block device (--target)
+    holes: tuple[tuple[int, int], ...] = ()  # (offset, length) reading as zeroes at the point
 
 
 @dataclass(frozen=True)
@@ -153,10 +154,12 @@ def plan(config: RestoreConfig) -> Plan:
             image = output / _image_name(disk, fmt, saved.get(disk), taken)
             taken.add(image.name)
         with open_view(backup.directory, disk, until, files) as view:
-            data = sum(n for _, n, zero in view.extents(0, view.size) if not zero)
+            runs = view.extents(0, view.size)
             warning = view.unchecked_warning()
+        data = sum(n for _, n, zero in runs if not zero)
+        holes = tuple((o, n) for o, n, zero in runs if zero)
         disks.append(DiskPlan(disk, point, until, image, fmt, data, warning, files,
-                              device=disk in devices))  # fmt: skip
+                              device=disk in devices, holes=holes))  # fmt: skip
     domain = domainxml.domain_name(tree) if tree is not None else ""
     adjust = config.adjust_config or config.define
     if adjust and tree is None:
@@ -176,6 +179,17 @@ def plan(config: RestoreConfig) -> Plan:
     result = Plan(tuple(disks), xml_path, domain, config_out, boot)
     _refuse_non_files(result)
     if not config.force:
+        _refuse_existing(result)
+    return result
+
+
+def named(the_plan: Plan, output: Path, name: str, *, force: bool = False) -> Plan:
+    """The plan with the restored domain's XML named after ``name`` instead of
+    ``restore_<original>``, refused as ``plan`` refuses when that file exists."""
+    if the_plan.config_out is None:
+        return the_plan
+    result = replace(the_plan, config_out=Path(output) / f"{name}.xml")
+    if not force:
         _refuse_existing(result)
     return result
 

@@ -115,7 +115,7 @@ class NbdkitServer:
     def uri(self) -> str:
         """The export's NBD URI (for a TLS export, what a client adds is its own part)."""
         if self.socket is not None:
-            return f"nbd+unix:///{self.export_name}?socket={self.socket}"
+            return unix_uri(self.socket, self.export_name)
         host = f"[{self.listen}]" if ":" in self.listen else self.listen
         if host in ("0.0.0.0", "[::]"):
             host = "localhost"
@@ -178,6 +178,11 @@ class NbdkitServer:
     ) -> None:
         if not self._detached or exc_type is not None:
             self.stop()
+
+
+def unix_uri(socket: Path | str, export_name: str = "") -> str:
+    """The NBD URI of an export on a unix socket (what QEMU and libnbd are given)."""
+    return f"nbd+unix:///{export_name}?socket={socket}"
 
 
 def plugin_env() -> dict[str, str]:
