@@ -1,5 +1,5 @@
 """What a backup keeps of the domain beside its XML (``domain.<id>.json``): autostart,
-re-applied by ``restore --define``; a warning for a vTPM whose state is not saved."""
+re-applied by ``restore --define``; a vTPM's state (``tpm.<id>.tar``), put back by it."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_autostart_is_saved_and_restore_define_sets_it(
 
 
 @pytest.mark.integration
-def test_a_vtpm_gets_a_warning_and_strict_exits_2(
+def test_the_vtpm_state_is_saved_and_put_back_before_the_restored_domain_starts(
     make_vm: Any, tmp_path: Path, libvirt_conn: Any
 ) -> None:
     require("swtpm")
@@ -82,15 +82,33 @@ def test_a_vtpm_gets_a_warning_and_strict_exits_2(
     etree.SubElement(tpm, "backend", type="emulator", version="2.0")
     vm.dom.destroy()
     libvirt_conn.defineXML(etree.tostring(root, encoding="unicode"))
-    vm.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-    result = run("full", vm.name, "-o", tmp_path / "set", "--no-progress", "--strict")
-    assert result.exit_code == 2
-    assert (
-        f"warning: {vm.name} has a vTPM (tpm-tis, swtpm): its state is not in the backup; a "
-        "guest that keeps keys in it (BitLocker, LUKS bound to the TPM) may not boot from a "
-        "restore without it"
-    ) in result.stderr.splitlines()
-    (point,) = chain_names(tmp_path / "set")
-    state = json.loads((tmp_path / "set" / f"domain.{point}.json").read_text())
-    assert state["vtpm"] == ["tpm-tis"]
-    assert "vTPM state not saved" in run("info", tmp_path / "set").stdout
+    vm.dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)  # libvirt manufactures the TPM
+    permall = Path("/var/lib/libvirt/swtpm", vm.dom.UUIDString(), "tpm2", "tpm2-00.permall")
+    original = permall.read_bytes()
+    out = tmp_path / "set"
+    result = run("full", vm.name, "-o", out, "--no-progress", "--strict")
+    assert result.exit_code == 0, result.stderr  # no warning: the state is in the set
+    (point,) = chain_names(out)
+    state = json.loads((out / f"domain.{point}.json").read_text())
+    assert (state["vtpm"], state["vtpm_state"]) == (["tpm-tis"], f"tpm.{point}.tar")
+    assert f"vTPM state saved (tpm.{point}.tar)" in run("info", out).stdout
+    name = f"{vm.name}-t"
+    try:
+        # into the VM's directory: the restored domain starts, and QEMU must open its image
+        result = run("restore", out, "-o", vm.dir / "r", "--define", "--name", name,
+                     "--no-progress")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        restored = libvirt_conn.lookupByName(name)
+        home = Path("/var/lib/libvirt/swtpm", restored.UUIDString())
+        assert f"vTPM state: put back into {home}" in result.stdout.splitlines()
+        assert (home / "tpm2" / "tpm2-00.permall").read_bytes() == original
+        restored.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        # libvirt took the state as it was: no new TPM manufactured for the restored domain
+        log = Path(f"/var/log/swtpm/libvirt/qemu/{name}-swtpm.log")
+        assert not log.exists() or "manufacturing" not in log.read_text()
+        assert (home / "tpm2" / "tpm2-00.permall").read_bytes() == original
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            libvirt_conn.lookupByName(name).destroy()
+        with contextlib.suppress(libvirt.libvirtError):
+            libvirt_conn.lookupByName(name).undefine()

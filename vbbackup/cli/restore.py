@@ -173,6 +173,8 @@ def restore_command(
         click.echo(f"defined domain: {result.defined}")
     if result.autostart:
         click.echo(f"autostart: on, as the domain had it at backup time ({result.defined})")
+    if result.tpm_state is not None:
+        click.echo(f"vTPM state: put back into {result.tpm_state}")
 
 
 def _device_targets(values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:

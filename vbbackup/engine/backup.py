@@ -19,6 +19,7 @@ import time
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -79,6 +80,7 @@ from vbbackup.virt import (
     image_info,
     libvirt_connection,
     lookup_domain,
+    tpmstate,
 )
 from vbbackup.virt.agent import consistency_line, guest_os
 from vbbackup.virt.bootfiles import save_boot_files
@@ -130,6 +132,7 @@ class _Run:
     domain_xml: str  # _inspect_domain: the running domain's, disks and boot files come from it
     saved_xml: str  # _inspect_domain: saved as vmconfig.<ident>.xml
     domain_state: dict[str, Any]  # _inspect_domain: saved as domain.<ident>.json
+    tpm_source: Path | None  # _inspect_domain: the vTPM's state directory, when local
     all_disks: list[DomainDisk]
     chosen: list[DomainDisk]
     skipped: dict[str, str]
@@ -319,12 +322,9 @@ class _Run:
     def _domain_state(self) -> dict[str, Any]:
         """What restore and info want beside the XML: autostart, the guest's OS (agent)."""
         tpms = emulated_tpms(self.domain_xml)
-        if tpms:
-            self.reporter.warn(
-                f"{self.dom.name()} has a vTPM ({', '.join(tpms)}, swtpm): its state is not "
-                "in the backup; a guest that keeps keys in it (BitLocker, LUKS bound to the "
-                "TPM) may not boot from a restore without it"
-            )
+        self.tpm_source = None
+        if tpms and not self.ssh:  # a remote host's state files are out of reach
+            self.tpm_source = tpmstate.state_dir(self.dom.UUIDString(), self.dom.connect().getURI())
         try:
             autostart = bool(self.dom.autostart())
         except libvirt.libvirtError:
@@ -332,11 +332,28 @@ class _Run:
         return {"autostart": autostart, "guest_os": guest_os(self.dom, self.domain_xml),
                 "vtpm": tpms}  # fmt: skip
 
+    def _save_tpm_state(self, ident: str) -> None:
+        """``tpm.<ident>.tar``: the vTPM's state, or a warning that the backup lacks it."""
+        tpms = self.domain_state.get("vtpm") or []
+        if not tpms:
+            return
+        archive = self.out.path / f"tpm.{ident}.tar"
+        if self.tpm_source is not None and tpmstate.save(self.tpm_source, archive):
+            self.domain_state["vtpm_state"] = archive.name
+            return
+        self.reporter.warn(
+            f"{self.dom.name()} has a vTPM ({', '.join(tpms)}, swtpm) whose state is out of "
+            "reach (a remote host, or no state yet): it is not in the backup; a guest that "
+            "keeps keys in it (BitLocker, LUKS bound to the TPM) may not boot from a restore "
+            "without it"
+        )
+
     def _save_side_files(self, ident: str, new_cp: str | None) -> None:
         """Checkpoint XML, domain XML, boot files and ``qemu-img info`` beside the streams."""
         if new_cp:
             self.out.save_checkpoint_xml(new_cp, self.cps.dump(new_cp))
         self.out.save_consistency(ident, self.consistency)
+        self._save_tpm_state(ident)
         self.out.save_domain_state(ident, self.domain_state)
         self.out.save_vmconfig(ident, self.saved_xml)
         boot_ident = None if self.level == COPY else ident

@@ -86,7 +86,9 @@ def domain_state_line(state: dict[str, Any]) -> str:
         guest += f", kernel {os_info['kernel-release']}"
     parts = [f"guest: {guest or 'unknown (no guest agent)'}"]
     parts.append(f"autostart {'on' if state.get('autostart') else 'off'}")
-    if state.get("vtpm"):
+    if state.get("vtpm_state"):
+        parts.append(f"vTPM state saved ({state['vtpm_state']})")
+    elif state.get("vtpm"):
         parts.append("vTPM state not saved")
     return "; ".join(parts)
 

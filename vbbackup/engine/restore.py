@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import libvirt
 from lxml import etree
@@ -34,7 +35,7 @@ from vbbackup.engine.copyout import FORMATS, Export, check_device, copy_out, cop
 from vbbackup.engine.lock import directory_lock
 from vbbackup.errors import ChainError, LibvirtError, TargetExistsError, UsageError, VbError
 from vbbackup.fsutil import atomic_output, partial_path, run_log, write_small_file
-from vbbackup.virt import domainxml
+from vbbackup.virt import domainxml, tpmstate
 from vbbackup.virt.connection import error_text, libvirt_connection
 
 log = logging.getLogger("vbbackup.restore")
@@ -93,6 +94,7 @@ class RestoreResult:
     config: Path | None = None
     defined: str | None = None
     autostart: bool = False  # --define: set, as the domain had it at backup time
+    tpm_state: Path | None = None  # --define: where the saved vTPM state was put
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,10 @@ def _restore(config: RestoreConfig, the_plan: Plan, progress: Progress | None) -
                     _set_autostart(config.uri, result.defined)
                     result.autostart = True
                     log.info("autostart on, as %s had it", the_plan.domain)
+                tpm = saved_tpm_state(the_plan.xml_path)
+                if tpm is not None:
+                    result.tpm_state = _restore_tpm_state(config.uri, result.defined, tpm)
+                    log.info("vTPM state %s put into %s", tpm.name, result.tpm_state)
         else:
             _copy_file(the_plan.xml_path, the_plan.config_out, config.force)
         result.config = the_plan.config_out
@@ -394,14 +400,44 @@ def _adjusted_xml(config: RestoreConfig, the_plan: Plan) -> bytes:
     return domainxml.adjust(tree, name, images, boot, config.output.resolve())
 
 
-def saved_autostart(xml_path: Path) -> bool:
-    """``domain.<ident>.json`` beside ``vmconfig.<ident>.xml`` says autostart was on."""
+def _saved_state(xml_path: Path) -> dict[str, Any]:
+    """``domain.<ident>.json`` beside ``vmconfig.<ident>.xml`` ({} when not recorded: a
+    virtnbdbackup set, an older vbbackup)."""
     ident = xml_path.name.removeprefix("vmconfig.").removesuffix(".xml")
     try:
         state = json.loads((xml_path.parent / f"domain.{ident}.json").read_text())
     except (OSError, ValueError):
-        return False  # not recorded (a virtnbdbackup set, an older vbbackup)
-    return isinstance(state, dict) and state.get("autostart") is True
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def saved_autostart(xml_path: Path) -> bool:
+    """The saved domain state says autostart was on."""
+    return _saved_state(xml_path).get("autostart") is True
+
+
+def saved_tpm_state(xml_path: Path) -> Path | None:
+    """The vTPM state archive the backup saved with this configuration, if any."""
+    name = _saved_state(xml_path).get("vtpm_state")
+    if not isinstance(name, str) or "/" in name:
+        return None
+    path = xml_path.parent / name
+    return path if path.is_file() else None
+
+
+def _restore_tpm_state(uri: str, name: str, archive: Path) -> Path:
+    """Put the saved vTPM state under the defined domain's UUID, before it first starts."""
+    with libvirt_connection(uri) as conn:
+        try:
+            uuid = conn.lookupByName(name).UUIDString()
+        except libvirt.libvirtError as err:
+            raise LibvirtError(f"{name}: {error_text(err)}") from None
+        target = tpmstate.state_dir(uuid, conn.getURI())
+    if target is None:
+        raise VbError(f"{name} is defined on a remote host: its vTPM state {archive} is not "
+                      "put back (copy it into libvirt's swtpm directory there)")  # fmt: skip
+    tpmstate.put_back(archive, target)
+    return target
 
 
 def _set_autostart(uri: str, name: str) -> None:
