@@ -93,6 +93,7 @@ def test_the_vtpm_state_is_saved_and_put_back_before_the_restored_domain_starts(
     assert (state["vtpm"], state["vtpm_state"]) == (["tpm-tis"], f"tpm.{point}.tar")
     assert f"vTPM state saved (tpm.{point}.tar)" in run("info", out).stdout
     name = f"{vm.name}-t"
+    names = [name]
     try:
         # into the VM's directory: the restored domain starts, and QEMU must open its image
         result = run("restore", out, "-o", vm.dir / "r", "--define", "--name", name,
@@ -107,8 +108,17 @@ def test_the_vtpm_state_is_saved_and_put_back_before_the_restored_domain_starts(
         log = Path(f"/var/log/swtpm/libvirt/qemu/{name}-swtpm.log")
         assert not log.exists() or "manufacturing" not in log.read_text()
         assert (home / "tpm2" / "tpm2-00.permall").read_bytes() == original
+        # restore --live: the state is in place before the domain starts, too
+        live = f"{vm.name}-l"
+        names.append(live)
+        result = run("restore", out, "-o", vm.dir / "live", "--live", "--name", live,
+                     "--no-progress")  # fmt: skip
+        assert result.exit_code == 0, result.stderr
+        home = Path("/var/lib/libvirt/swtpm", libvirt_conn.lookupByName(live).UUIDString())
+        assert (home / "tpm2" / "tpm2-00.permall").read_bytes() == original
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            libvirt_conn.lookupByName(name).destroy()
-        with contextlib.suppress(libvirt.libvirtError):
-            libvirt_conn.lookupByName(name).undefine()
+        for gone in names:
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt_conn.lookupByName(gone).destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                libvirt_conn.lookupByName(gone).undefine()

@@ -42,7 +42,9 @@ from vbbackup.engine.restore import (
     copy_boot_files,
     named,
     plan,
+    put_tpm_state,
     saved_autostart,
+    saved_tpm_state,
 )
 from vbbackup.errors import (
     BackupInterrupted,
@@ -321,6 +323,9 @@ def _set_up(conn: libvirt.virConnect, the_plan: Plan, state: LiveState) -> libvi
         state.save()
         if the_plan.xml_path is not None and saved_autostart(the_plan.xml_path):
             _call(lambda: dom.setAutostart(1), f"setting autostart of {state.name}")
+        tpm = saved_tpm_state(the_plan.xml_path) if the_plan.xml_path is not None else None
+        if tpm is not None:  # before the first start, or libvirt makes a new TPM
+            put_tpm_state(conn, dom, tpm)
         _start(dom, conn)
         return dom
     except BaseException:

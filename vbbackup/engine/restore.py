@@ -426,16 +426,23 @@ def saved_tpm_state(xml_path: Path) -> Path | None:
 
 
 def _restore_tpm_state(uri: str, name: str, archive: Path) -> Path:
-    """Put the saved vTPM state under the defined domain's UUID, before it first starts."""
     with libvirt_connection(uri) as conn:
         try:
-            uuid = conn.lookupByName(name).UUIDString()
+            dom = conn.lookupByName(name)
         except libvirt.libvirtError as err:
             raise LibvirtError(f"{name}: {error_text(err)}") from None
-        target = tpmstate.state_dir(uuid, conn.getURI())
+        return put_tpm_state(conn, dom, archive)
+
+
+def put_tpm_state(conn: libvirt.virConnect, dom: libvirt.virDomain, archive: Path) -> Path:
+    """Put the saved vTPM state under the defined domain's UUID, before it first starts."""
+    try:
+        target = tpmstate.state_dir(dom.UUIDString(), conn.getURI())
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"{dom.name()}: {error_text(err)}") from None
     if target is None:
-        raise VbError(f"{name} is defined on a remote host: its vTPM state {archive} is not "
-                      "put back (copy it into libvirt's swtpm directory there)")  # fmt: skip
+        raise VbError(f"{dom.name()} is defined on a remote host: its vTPM state {archive} is "
+                      "not put back (copy it into libvirt's swtpm directory there)")  # fmt: skip
     tpmstate.put_back(archive, target)
     return target
 
