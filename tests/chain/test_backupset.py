@@ -241,3 +241,31 @@ def test_a_raw_disks_copy_serves_every_point_of_the_chain(tmp_path: Path) -> Non
         assert backup.resolve("sdb", name).name == "copy"
     with pytest.raises(ChainError, match="unknown checkpoint 'nope' for disk sdb"):
         backup.resolve("sdb", "nope")
+
+
+def test_a_runs_differentials_match_across_disks_a_second_apart(tmp_path: Path) -> None:
+    """virtnbdbackup stamps each disk's diff with its own second: vda.diff.T+1, vdb.diff.T."""
+    write_chain(tmp_path, SIZE, STEPS)
+    write_chain(tmp_path, SIZE, STEPS, disk="vdb")
+    for disk, stamps in (("vda", (1700000101, 1700000201)), ("vdb", (1700000100, 1700000200))):
+        for stamp, fill in zip(stamps, (b"x", b"y"), strict=True):
+            write_stream(tmp_path / f"{disk}.diff.{stamp}.data", SIZE, [(32768, fill * 4096)],
+                         checkpoint="virtnbdbackup.next", parent="virtnbdbackup.2")  # fmt: skip
+    bset = BackupSet(tmp_path)
+    assert bset.resolve("vdb", "diff.1700000101").name == "diff.1700000100"
+    assert bset.resolve("vdb", "diff.1700000201").name == "diff.1700000200"
+    assert bset.resolve("vda", "diff.1700000100").name == "diff.1700000101"
+    with open_view(tmp_path, "vdb", "diff.1700000201") as view:
+        assert view.read(32768, 4096) == b"y" * 4096
+    with pytest.raises(ChainError, match="unknown checkpoint 'diff.1700009999' for disk vdb"):
+        bset.resolve("vdb", "diff.1700009999")
+
+
+def test_differentials_far_apart_are_not_matched(tmp_path: Path) -> None:
+    write_chain(tmp_path, SIZE, STEPS)
+    write_chain(tmp_path, SIZE, STEPS, disk="vdb")
+    for disk, stamp in (("vda", 1700000500), ("vdb", 1700000100)):
+        write_stream(tmp_path / f"{disk}.diff.{stamp}.data", SIZE, [(32768, b"x" * 4096)],
+                     checkpoint="virtnbdbackup.next", parent="virtnbdbackup.2")  # fmt: skip
+    with pytest.raises(ChainError, match="unknown checkpoint 'diff.1700000500' for disk vdb"):
+        BackupSet(tmp_path).resolve("vdb", "diff.1700000500")

@@ -32,6 +32,7 @@ FULL: Final = "full"
 INC: Final = "inc"
 DIFF: Final = "diff"
 COPY: Final = "copy"
+SAME_RUN_SECONDS: Final = 60  # the disks' differentials of one virtnbdbackup run, at most
 
 _DATA_NAME = re.compile(
     r"^(?P<disk>[^.]+)\.(?:(?P<level>full|copy)|inc\.(?P<cp>.+)|diff\.(?P<ts>\d+))\.data$"
@@ -355,12 +356,42 @@ class BackupSet:
         for point in state.points:
             if until in (point.name, point.files[-1].name):
                 return point
+        same_run = self._same_run_diff(name, until, state.points)
+        if same_run is not None:
+            return same_run
         copies = [p for p in state.points if p.name == COPY]
         if copies and len(copies) == len(state.points) and self._is_set_point(until):
             # a --raw disk (no bitmaps) has one copy, taken by the chain's full: every point
             # of the chain serves it, as restore restores it
             return copies[-1]
         raise ChainError(f"unknown checkpoint {until!r} for disk {name} (chain: {known})")
+
+    def _same_run_diff(
+        self, name: str, until: str, mine: tuple[PointInTime, ...]
+    ) -> PointInTime | None:
+        """This disk's differential of the run that made another disk's ``diff.<T>``.
+
+        virtnbdbackup names a differential after the second its disk's file was begun, so
+        the disks of one run can differ by a second or two (``vda.diff.1796185591``,
+        ``vdb.diff.1796185590``). Each run writes one differential per disk: the k-th of one
+        disk is the k-th of every other, if their times are that close.
+        """
+        if not until.startswith("diff.") or not until[5:].isdigit():
+            return None
+        diffs = [p for p in mine if p.name.startswith("diff.") and p.name[5:].isdigit()]
+        for other in self.disks:
+            if other == name:
+                continue
+            try:
+                points = self._state(other).points
+            except ChainError:
+                continue  # that disk's own problem; this one may still match another
+            theirs = [p.name for p in points if p.name.startswith("diff.")]
+            if until in theirs and len(theirs) == len(diffs):
+                candidate = diffs[theirs.index(until)]
+                if abs(int(candidate.name[5:]) - int(until[5:])) <= SAME_RUN_SECONDS:
+                    return candidate
+        return None
 
     def _is_set_point(self, until: str) -> bool:
         """A checkpoint or differential of the set (of any disk)."""
