@@ -56,7 +56,7 @@ def test_fsck_finds_the_damaged_point_and_passes_the_sound_one(make_vm, tmp_path
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     code, text, err = run("verify", str(out), "--fsck", "--until", good)
-    assert code == 0, err
+    assert code == 0, err + text  # text: each file system's result and the checker's line
     assert text.splitlines() == [
         f"clean   {good}  vda /dev/sda ext4",
         f"clean   {good}  vdb /dev/sdb vfat",
